@@ -1,0 +1,5 @@
+"""Shared pytest configuration: quiet TensorFlow, fixed CPU threading."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
