@@ -1,0 +1,190 @@
+"""Custom Keras 3 layers of the regressors: input normalization, position embedding, output.
+
+Pure `keras.ops`, so they run under the TensorFlow and the JAX backend and under XLA.
+Each is registered for `.keras` loading and returns every constructor argument from
+`get_config()`.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+NORMALIZATION_MODES = ("none", "per_image_standardization", "per_image_minmax", "asinh", "global")
+HEADS = ("gaussian", "point")
+STD_SUFFIX = "_std"
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+class ImageNormalization(keras.layers.Layer):
+    """Maps raw pixel values (physical counts) to the network's input scale.
+
+    Modes:
+      - `none`: identity.
+      - `per_image_standardization`: `(x - mean) / max(std, epsilon)` over each image's
+        pixels; scale-free, needs no training statistics, discards the total flux.
+      - `per_image_minmax`: `(x - min) / max(max - min, epsilon)`, into [0, 1]; one hot
+        pixel rescales the whole image, so measure it before choosing it.
+      - `asinh`: `asinh(x / asinh_scale)`: linear below `asinh_scale` (set it near the
+        noise level, in the same units as the pixels), logarithmic above.
+      - `global`: `(x - pixel_mean) / pixel_std`, fixed statistics of the training split
+        computed by the caller and stored in this layer's config, so that the saved
+        model needs no side file.
+
+    A constant image gives zeros (never NaN) in the per-image modes. Always computed in
+    float32: raw counts lose too much precision in bfloat16.
+    """
+
+    def __init__(self, mode="per_image_standardization", pixel_mean=None, pixel_std=None,
+                 asinh_scale=1.0, epsilon=1e-6, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if mode not in NORMALIZATION_MODES:
+            raise ValueError(
+                f"Unknown normalization {mode!r}; accepted: {', '.join(NORMALIZATION_MODES)}.")
+        if mode == "global":
+            if pixel_mean is None or pixel_std is None:
+                raise ValueError("normalization='global' needs pixel_mean and pixel_std "
+                                 "(statistics of the training split).")
+            if not (math.isfinite(pixel_mean) and math.isfinite(pixel_std) and pixel_std > 0):
+                raise ValueError(f"normalization='global' needs a finite pixel_mean and a "
+                                 f"positive pixel_std; got {pixel_mean}, {pixel_std}.")
+        if mode == "asinh" and not asinh_scale > 0:
+            raise ValueError(f"asinh_scale must be positive; got {asinh_scale}.")
+        self.mode = mode
+        self.pixel_mean = None if pixel_mean is None else float(pixel_mean)
+        self.pixel_std = None if pixel_std is None else float(pixel_std)
+        self.asinh_scale = float(asinh_scale)
+        self.epsilon = float(epsilon)
+
+    def call(self, images):
+        x = ops.cast(images, "float32")
+        axes = tuple(range(1, len(x.shape)))
+        if self.mode == "per_image_standardization":
+            mean = ops.mean(x, axis=axes, keepdims=True)
+            std = ops.sqrt(ops.mean(ops.square(x - mean), axis=axes, keepdims=True))
+            return (x - mean) / ops.maximum(std, self.epsilon)
+        if self.mode == "per_image_minmax":
+            low = ops.min(x, axis=axes, keepdims=True)
+            high = ops.max(x, axis=axes, keepdims=True)
+            return (x - low) / ops.maximum(high - low, self.epsilon)
+        if self.mode == "asinh":
+            return ops.arcsinh(x / self.asinh_scale)
+        if self.mode == "global":
+            return (x - self.pixel_mean) / self.pixel_std
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mode=self.mode, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std,
+                      asinh_scale=self.asinh_scale, epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding per token position to a (batch, tokens, width) sequence."""
+
+    def __init__(self, initializer="random_normal", **kwargs):
+        super().__init__(**kwargs)
+        # big_vision initializes position embeddings with N(0, 0.02).
+        self.initializer = initializer
+        self._initializer = (keras.initializers.RandomNormal(stddev=0.02)
+                             if initializer == "random_normal"
+                             else keras.initializers.get(initializer))
+
+    def build(self, input_shape):
+        self.embedding = self.add_weight(name="embedding", shape=tuple(input_shape[1:]),
+                                         initializer=self._initializer)
+
+    def call(self, tokens):
+        return tokens + ops.cast(self.embedding, tokens.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initializer=self.initializer)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+class RegressionOutput(keras.layers.Layer):
+    """Standardized head outputs -> dict of per-target tensors of shape (batch,) in physical units.
+
+    Input: (batch, K) standardized predictions `z` for `head="point"`, or (batch, 2K)
+    `[z, raw_log_variance]` for `head="gaussian"`, with K = len(targets). Output:
+    `{target: mean + std * z}` and, for the Gaussian head,
+    `{target + "_std": std * exp(log_variance / 2)}`, where the standardized log-variance
+    is `log_var_bound * tanh(raw / log_var_bound)`: smooth, the identity near 0, bounded
+    so that the negative log-likelihood cannot blow up, and never flat like a hard clip
+    (a prediction stuck beyond a hard clip gets no gradient back).
+
+    `target_mean` / `target_std` are the training-split statistics, stored in the config:
+    the saved model predicts physical units with no side file.
+    """
+
+    def __init__(self, targets, target_mean, target_std, head="gaussian", log_var_bound=10.0,
+                 **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        target_mean = _as_float_list(target_mean, len(targets), "target_mean")
+        target_std = _as_float_list(target_std, len(targets), "target_std")
+        if not targets:
+            raise ValueError("targets must name at least one target.")
+        if head not in HEADS:
+            raise ValueError(f"Unknown head {head!r}; accepted: {', '.join(HEADS)}.")
+        output_names = list(targets) + ([t + STD_SUFFIX for t in targets]
+                                        if head == "gaussian" else [])
+        if len(set(output_names)) != len(output_names):
+            raise ValueError(f"targets {targets} repeat a name (the Gaussian head adds "
+                             f"'<target>{STD_SUFFIX}' keys).")
+        if not all(math.isfinite(m) for m in target_mean):
+            raise ValueError(f"target_mean must be finite; got {target_mean}.")
+        if not all(math.isfinite(s) and s > 0 for s in target_std):
+            raise ValueError(f"target_std must be finite and positive; got {target_std}.")
+        if not log_var_bound > 0:
+            raise ValueError(f"log_var_bound must be positive; got {log_var_bound}.")
+        self.targets = targets
+        self.target_mean = target_mean
+        self.target_std = target_std
+        self.head = head
+        self.log_var_bound = float(log_var_bound)
+
+    @property
+    def units(self):
+        """Width of the dense layer that feeds this one."""
+        return len(self.targets) * (2 if self.head == "gaussian" else 1)
+
+    def call(self, standardized):
+        z = ops.cast(standardized, "float32")
+        k = len(self.targets)
+        outputs = {}
+        for i, (name, mean, std) in enumerate(zip(self.targets, self.target_mean,
+                                                   self.target_std)):
+            # Index one column: (batch,), never (batch, 1).
+            outputs[name] = z[:, i] * std + mean
+            if self.head == "gaussian":
+                log_var = self.log_var_bound * ops.tanh(z[:, k + i] / self.log_var_bound)
+                outputs[name + STD_SUFFIX] = ops.exp(0.5 * log_var) * std
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(targets=self.targets, target_mean=self.target_mean,
+                      target_std=self.target_std, head=self.head,
+                      log_var_bound=self.log_var_bound)
+        return config
+
+
+def _as_float_list(value, length, what):
+    values = np.asarray(value, dtype=np.float64).ravel().tolist()
+    if len(values) != length:
+        raise ValueError(f"{what} has {len(values)} values for {length} targets.")
+    return values
