@@ -1,1 +1,220 @@
-"""Placeholder replaced by the builder."""
+"""`deeplense_lensing`: simulated strong-lensing images and the released DeepLense files.
+
+Simulation configs are named after their recipe (see
+`deeplense_tf.simulation.recipes`); each has a `_tiny` variant for tests. `npy_model_*`
+configs import the released DeepLense `.npy` files from the manual directory.
+
+Build with `python -m deeplense_tf.build_dataset --config=NAME --data_dir=DIR`, or
+`tfds.builder('deeplense_lensing/NAME', data_dir=DIR).download_and_prepare()` after
+`import deeplense_tf`. TFDS writes into a temporary directory and renames it when the
+build completes, so an interrupted build never looks like a prepared data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import zlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from deeplense_tf import deeplense_npy
+from deeplense_tf.simulation import parallel, recipes
+from deeplense_tf.simulation.substructure import CLASS_NAMES
+
+SPLITS = ("train", "validation", "test")  # Index i seeds split i: disjoint streams.
+
+
+@dataclasses.dataclass
+class LensingConfig(tfds.core.BuilderConfig):
+    """A simulation recipe (or a released DeepLense model) with split sizes and seed."""
+
+    recipe: str = ""
+    train_size: int = 30_000
+    validation_size: int = 5_000
+    test_size: int = 5_000
+    seed: int = 0
+    npy_model: str = ""  # "Model_I", ...: import released files instead of simulating.
+    npy_num_pix: int = 0
+
+    def split_size(self, split: str) -> int:
+        return getattr(self, f"{split}_size")
+
+
+_SIZED = re.compile(r"^(?P<base>\w+?)__(?P<train>\d+)_(?P<validation>\d+)_(?P<test>\d+)_seed(?P<seed>\d+)$")
+
+
+def sized_config_name(base: str, train_size: int, validation_size: int, test_size: int,
+                      seed: int) -> str:
+    """Name of a simulation config with other split sizes or seed, e.g.
+    `euclid_axion__2000_500_500_seed0`; `tfds.load` accepts such names too."""
+    return f"{base}__{train_size}_{validation_size}_{test_size}_seed{seed}"
+
+
+def _simulation_configs():
+    configs = []
+    for name, recipe in recipes.RECIPES.items():
+        configs.append(LensingConfig(name=name, recipe=name, description=recipe.description))
+        configs.append(LensingConfig(
+            name=f"{name}_tiny", recipe=name, train_size=24, validation_size=8, test_size=8,
+            seed=1, description=f"Tiny variant of {name} for tests. {recipe.description}"))
+    return configs
+
+
+def _npy_configs():
+    models = (("Model_I", 150), ("Model_II", 64), ("Model_III", 64))
+    return [LensingConfig(
+        name=f"npy_{model.lower()}", npy_model=model, npy_num_pix=num_pix,
+        train_size=0, validation_size=0, test_size=0,
+        description=f"Released DeepLense {model} files ({num_pix} px): manual_dir/{model}/<class>/"
+                    "*.npy for train and validation (every tenth file in the order of a hash of "
+                    f"its path) and manual_dir/{model}_test/<class>/*.npy for test.")
+        for model, num_pix in models]
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for deeplense_lensing."""
+
+    # README.md, CITATIONS.bib and TAGS.txt sit beside this file, wherever it is installed.
+    pkg_dir_path = epath.Path(__file__).parent
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release: DeepLense Models I-III recipes with their defects fixed, "
+                 "randomized Euclid/HST axion, CDM and FDM sets, a classification set, and "
+                 "import of the released .npy files.",
+    }
+    BUILDER_CONFIGS = _simulation_configs() + _npy_configs()
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Only the `npy_model_*` configs read the manual directory. Put the released DeepLense
+    folders there as `Model_II/{axion,cdm,no_sub}/*.npy` and `Model_II_test/...` (or the
+    same for Model_I / Model_III). Axion files of the released sets are pickled object
+    arrays: building them needs `allow_pickle=True` (see deeplense_tf.deeplense_npy).
+    """
+
+    def __init__(self, *, num_workers: int | None = None, allow_pickle: bool = False, **kwargs):
+        """`num_workers`: simulation processes (default: all cores); `allow_pickle`:
+        whether pickled `.npy` files may be loaded (npy configs only)."""
+        self._num_workers = num_workers
+        self._allow_pickle = allow_pickle
+        super().__init__(**kwargs)
+
+    def _create_builder_config(self, builder_config, version=None, **kwargs):
+        """Also accepts `sized_config_name(...)` names: a registered simulation config
+        with other split sizes and seed, stored under its own name."""
+        if isinstance(builder_config, str) and builder_config not in self.builder_configs:
+            match = _SIZED.match(builder_config)
+            base = self.builder_configs.get(match["base"]) if match else None
+            if base is not None and not base.npy_model:
+                builder_config = dataclasses.replace(
+                    base, name=builder_config, seed=int(match["seed"]),
+                    **{f"{s}_size": int(match[s]) for s in SPLITS},
+                    description=f"{base.description} Split sizes and seed: {builder_config}.")
+        return super()._create_builder_config(builder_config, version=version, **kwargs)
+
+    @property
+    def _recipe(self):
+        return recipes.get(self.builder_config.recipe)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        if config.npy_model:
+            num_pix, targets, params = config.npy_num_pix, ("log10_m_axion",), ()
+        else:
+            recipe = self._recipe
+            num_pix, targets, params = recipe.num_pix, recipe.targets, recipe.param_names
+        features = {
+            "image": tfds.features.Tensor(shape=(num_pix, num_pix, 1), dtype=np.float32,
+                                          encoding=tfds.features.Encoding.ZLIB,
+                                          doc="Surface brightness per pixel (image units)."),
+            "substructure": tfds.features.ClassLabel(names=CLASS_NAMES),
+        }
+        for target in targets:
+            features[target] = tfds.features.Scalar(dtype=np.float32, doc=f"Target {target}.")
+        if params:
+            features["params"] = tfds.features.FeaturesDict(
+                {name: tfds.features.Scalar(dtype=np.float32) for name in params})
+        if config.npy_model:
+            features["source_file"] = tfds.features.Text(doc="Path relative to manual_dir.")
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", targets[0]) if len(targets) == 1 else None,
+            homepage="https://github.com/ML4SCI/DeepLense",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        if config.npy_model:
+            return self._npy_split_generators(dl_manager.manual_dir)
+        for split in SPLITS:
+            if config.split_size(split) < 0:
+                raise ValueError(f"{split}_size: must be >= 0, got {config.split_size(split)}")
+        return {split: self._generate_examples(split) for split in SPLITS
+                if config.split_size(split) > 0}
+
+    def _generate_examples(self, split):
+        """Simulated examples of `split` (npy configs use `_generate_npy`)."""
+        config, recipe = self.builder_config, self._recipe
+        count = config.split_size(split)
+        width = len(str(max(count - 1, 0)))
+        for index, lens in parallel.simulate_split(recipe, config.seed, SPLITS.index(split), count,
+                                                   num_workers=self._num_workers):
+            example = {
+                "image": lens.image[..., None],
+                "substructure": lens.substructure,
+                "params": {k: np.float32(v) for k, v in lens.params.items()},
+            }
+            for target in recipe.targets:
+                example[target] = np.float32(lens.params[target])
+            yield f"{split}_{index:0{width}d}", example
+
+    def _npy_split_generators(self, manual_dir):
+        model = self.builder_config.npy_model
+        train_dir, test_dir = epath.Path(manual_dir) / model, epath.Path(manual_dir) / f"{model}_test"
+        for folder in (train_dir, test_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"manual_dir: expected the folder {folder} (released DeepLense {model} files "
+                    f"as {folder.name}/<class>/*.npy with classes {sorted(set(deeplense_npy.CLASS_ALIASES.values()))})")
+        train_files = self._npy_files(train_dir, manual_dir)
+        # Every tenth file in the order of a hash of its path: a deterministic ~10%
+        # that does not depend on file names sorting by class or index.
+        by_hash = sorted(train_files, key=lambda f: (zlib.crc32(f[0].encode()), f[0]))
+        validation = {f[0] for f in by_hash[::10]}
+        return {
+            "train": self._generate_npy([f for f in train_files if f[0] not in validation]),
+            "validation": self._generate_npy([f for f in train_files if f[0] in validation]),
+            "test": self._generate_npy(self._npy_files(test_dir, manual_dir)),
+        }
+
+    @staticmethod
+    def _npy_files(folder, manual_dir):
+        files = []
+        for class_dir in sorted(folder.iterdir()):
+            if not class_dir.is_dir():
+                continue
+            label = deeplense_npy.CLASS_ALIASES.get(class_dir.name.lower())
+            if label is None:
+                raise ValueError(f"{class_dir}: unknown class folder; expected one of "
+                                 f"{sorted(deeplense_npy.CLASS_ALIASES)}")
+            for path in sorted(class_dir.glob("*.npy")):
+                files.append((str(path.relative_to(manual_dir)), path, label))
+        if not files:
+            raise FileNotFoundError(f"{folder}: no <class>/*.npy files found")
+        return files
+
+    def _generate_npy(self, files):
+        num_pix = self.builder_config.npy_num_pix
+        for rel, path, label in files:
+            with path.open("rb") as fileobj:
+                image, log10_m = deeplense_npy.read_example(fileobj, str(path), self._allow_pickle)
+            if image.shape != (num_pix, num_pix):
+                raise deeplense_npy.NpyFormatError(
+                    f"{path}: image of shape {image.shape}, expected ({num_pix}, {num_pix}) for "
+                    f"{self.builder_config.npy_model}")
+            if label == "axion" and math.isnan(log10_m):
+                raise deeplense_npy.NpyFormatError(f"{path}: axion file without a mass label")
+            yield rel, {"image": image[..., None], "substructure": label,
+                        "log10_m_axion": np.float32(log10_m), "source_file": rel}

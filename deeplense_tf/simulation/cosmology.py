@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from astropy.cosmology import FlatLambdaCDM
-from lenstronomy.Cosmo.lens_cosmo import LensCosmo
 
 # h * c in eV m, and 1 kpc in m: for the de Broglie wavelength of an axion.
 _HC_EV_M = 1.239841984e-6
@@ -26,6 +24,11 @@ class LensingGeometry:
         if not 0 < z_lens < z_source:
             raise ValueError(f"redshifts: need 0 < z_lens < z_source, got z_lens={z_lens}, "
                              f"z_source={z_source}")
+        # Imported here: astropy and lenstronomy take seconds to import, and reading a
+        # data set must not pay for the simulator.
+        from astropy.cosmology import FlatLambdaCDM
+        from lenstronomy.Cosmo.lens_cosmo import LensCosmo
+
         self.z_lens, self.z_source = z_lens, z_source
         self.cosmo = FlatLambdaCDM(H0=h0, Om0=omega_m)
         self.lens_cosmo = LensCosmo(z_lens=z_lens, z_source=z_source, cosmo=self.cosmo)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from deeplense_tf.simulation import components, substructure
+from deeplense_tf.simulation import components, instruments, substructure
 from deeplense_tf.simulation.components import MainDeflector, SersicSource
 from deeplense_tf.simulation.priors import Fixed
+from deeplense_tf.simulation import simulator as simulator_lib
 from deeplense_tf.simulation.simulator import LensSimulator
 
 
@@ -32,6 +33,14 @@ class Recipe:
     substructures: Mapping[str, substructure.Substructure]
     targets: tuple[str, ...]
     supersampling: int = 2
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return simulator_lib.param_names(self.deflector, self.source, self.substructures.values())
+
+    @property
+    def num_pix(self) -> int:
+        return instruments.get(self.instrument).num_pix
 
     def simulator(self, noise: bool = True, supersampling: int | None = None) -> LensSimulator:
         return LensSimulator(self.instrument, self.deflector, self.source, self.substructures,

@@ -34,6 +34,17 @@ class SimulatedLens:
     noiseless: np.ndarray | None = None
 
 
+def param_names(deflector: MainDeflector, source: SersicSource,
+                substructures) -> tuple[str, ...]:
+    """Names of the stored parameters of a recipe, in a fixed order."""
+    names = list(deflector.sample(np.random.default_rng(0)))
+    names += list(source.param_names())
+    names += ["exposure_time", "background_rms", "supersampling"]
+    for model in substructures:
+        names += [p for p in model.param_names if p not in names]
+    return tuple(names)
+
+
 def example_rng(seed: int, split_index: int, index: int) -> np.random.Generator:
     """The generator of one example: independent of chunking and worker count."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, split_index, index])))
@@ -81,15 +92,7 @@ class LensSimulator:
         sub = (np.arange(n * s) + 0.5) / s - n / 2
         self._x, self._y = np.meshgrid(sub * inst.pixel_scale_arcsec, sub * inst.pixel_scale_arcsec)
         self._psf_sigma_pix = inst.psf_fwhm_arcsec / (2 * math.sqrt(2 * math.log(2))) / inst.pixel_scale_arcsec
-        self.param_names = self._param_names()
-
-    def _param_names(self) -> tuple[str, ...]:
-        names = list(self.deflector.sample(np.random.default_rng(0)))
-        names += list(self.source.param_names())
-        names += ["exposure_time", "background_rms", "supersampling"]
-        for model in self.substructures.values():
-            names += [p for p in model.param_names if p not in names]
-        return tuple(names)
+        self.param_names = param_names(deflector, source, self.substructures.values())
 
     def simulate(self, rng: np.random.Generator, substructure: str | None = None,
                  keep_noiseless: bool = False) -> SimulatedLens:

@@ -1,0 +1,29 @@
+"""TFDS's standard builder test over every tiny simulation config and the npy import."""
+
+import tensorflow_datasets as tfds
+from etils import epath
+
+from deeplense_tf.datasets.deeplense_lensing import deeplense_lensing_dataset_builder as builder
+
+_DUMMY = epath.Path(builder.__file__).parent / "dummy_data"
+
+
+class SimulatedConfigsTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builder.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = [c.name for c in builder.Builder.BUILDER_CONFIGS
+                                    if c.name.endswith("_tiny")]
+    SPLITS = {"train": 24, "validation": 8, "test": 8}
+    EXAMPLE_DIR = _DUMMY
+    SKIP_CHECKSUMS = True
+
+
+class NpyImportTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builder.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = ["npy_model_ii"]
+    SPLITS = {"train": 13, "validation": 2, "test": 3}
+    EXAMPLE_DIR = _DUMMY
+    SKIP_CHECKSUMS = True
+
+
+if __name__ == "__main__":
+    tfds.testing.test_main()
