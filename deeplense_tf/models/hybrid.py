@@ -1,9 +1,8 @@
 """Hybrid backbone: a ResNet stem and stages feeding a transformer encoder.
 
 Plain ViTs trained from scratch lag CNNs on lensing images (published DeepLense
-results); convolutions give the locality prior that a few thousand to a few hundred
-thousand simulated images cannot teach a ViT, and the encoder then relates features
-around the whole Einstein ring. As in ViT-Hybrid (Dosovitskiy et al. 2021), the
+results): convolutions bring the locality prior that a ViT must otherwise learn from
+data, and the encoder then relates features around the whole Einstein ring. As in ViT-Hybrid (Dosovitskiy et al. 2021), the
 convolutional feature map is tokenized with `patch_size` 1 by default.
 
 With the default three stages (strides 1, 2, 2) and the `auto` stem, 64 px images give

@@ -89,17 +89,14 @@ class ImageNormalization(keras.layers.Layer):
 class PositionEmbedding(keras.layers.Layer):
     """Adds a learned embedding per token position to a (batch, tokens, width) sequence."""
 
-    def __init__(self, initializer="random_normal", **kwargs):
+    def __init__(self, stddev=0.02, **kwargs):
         super().__init__(**kwargs)
-        # big_vision initializes position embeddings with N(0, 0.02).
-        self.initializer = initializer
-        self._initializer = (keras.initializers.RandomNormal(stddev=0.02)
-                             if initializer == "random_normal"
-                             else keras.initializers.get(initializer))
+        self.stddev = float(stddev)  # big_vision initializes them with N(0, 0.02)
 
     def build(self, input_shape):
-        self.embedding = self.add_weight(name="embedding", shape=tuple(input_shape[1:]),
-                                         initializer=self._initializer)
+        self.embedding = self.add_weight(
+            name="embedding", shape=tuple(input_shape[1:]),
+            initializer=keras.initializers.RandomNormal(stddev=self.stddev))
 
     def call(self, tokens):
         return tokens + ops.cast(self.embedding, tokens.dtype)
@@ -109,7 +106,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(initializer=self.initializer)
+        config.update(stddev=self.stddev)
         return config
 
 
