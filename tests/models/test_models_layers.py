@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import regressor_checks as checks
 from deeplense_tf import models
 from deeplense_tf.models import ImageNormalization, RegressionOutput
 
@@ -24,25 +23,25 @@ def test_constant_image_gives_finite_output(mode, value):
         np.testing.assert_allclose(out, 0.0, atol=1e-3)
 
 
-def test_per_image_standardization_gives_zero_mean_unit_std():
+def test_per_image_standardization_gives_zero_mean_unit_std(checks):
     out = normalize("per_image_standardization", checks.raw_images())
     np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(1, 2, 3)), 1.0, rtol=1e-4)
 
 
-def test_per_image_minmax_spans_unit_interval():
+def test_per_image_minmax_spans_unit_interval(checks):
     out = normalize("per_image_minmax", checks.raw_images())
     np.testing.assert_allclose(out.min(axis=(1, 2, 3)), 0.0, atol=1e-6)
     np.testing.assert_allclose(out.max(axis=(1, 2, 3)), 1.0, rtol=1e-6)
 
 
-def test_asinh_uses_its_scale():
+def test_asinh_uses_its_scale(checks):
     x = checks.raw_images()
     np.testing.assert_allclose(normalize("asinh", x, asinh_scale=30.0), np.arcsinh(x / 30.0),
                                rtol=1e-5)
 
 
-def test_global_uses_stored_statistics():
+def test_global_uses_stored_statistics(checks):
     x = checks.raw_images()
     layer = ImageNormalization("global", pixel_mean=100.0, pixel_std=20.0)
     restored = ImageNormalization.from_config(layer.get_config())
@@ -51,7 +50,7 @@ def test_global_uses_stored_statistics():
                                rtol=1e-5)
 
 
-def test_normalization_eager_equals_tf_data():
+def test_normalization_eager_equals_tf_data(checks):
     x = checks.raw_images()
     layer = ImageNormalization("per_image_standardization")
     mapped = next(iter(tf.data.Dataset.from_tensor_slices(x).batch(2).map(layer)))
@@ -69,7 +68,7 @@ def test_normalization_errors(kwargs, message):
         ImageNormalization(**kwargs)
 
 
-def test_regression_output_is_batch_shaped_per_target():
+def test_regression_output_is_batch_shaped_per_target(checks):
     layer = RegressionOutput(checks.TARGETS, checks.TARGET_MEAN, checks.TARGET_STD)
     z = np.array([[1.0, -2.0, 0.0, 100.0], [0.0, 0.0, -100.0, 0.0]], "float32")
     out = checks.as_numpy(layer(z))

@@ -6,7 +6,6 @@ import re
 import keras
 import pytest
 
-import regressor_checks as checks
 from deeplense_tf import models
 
 SHIPPING_BUDGET_PARAMS = 5_000_000   # 20 MB of float32 weights
@@ -18,19 +17,19 @@ def feature_shape(name, image_shape, **overrides):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: models.variants("resnet50"), "Unknown model 'resnet50'; accepted: hybrid, resnet18"),
-    (lambda: checks.build_tiny("resnet50"), "accepted: hybrid, resnet18, resnet34, vit"),
-    (lambda: checks.build_tiny("vit", variant="L"), "Unknown variant 'L' of vit; accepted: test"),
-    (lambda: checks.build_tiny("vit", depht=2), "Unknown override.*depht.*accepted:.*depth"),
-    (lambda: checks.build_tiny("resnet18", patch_size=4), "patch_size for resnet18; accepted: stem, width"),
-    (lambda: checks.build_tiny("resnet18", stem="7x7"), "Unknown stem '7x7'; accepted: auto"),
-    (lambda: checks.build_tiny("vit", patch_size=5), "must divide the 32x32 grid; accepted: auto, 1, 2, 4"),
-    (lambda: checks.build_tiny("vit", width=18, num_heads=4), "multiple of num_heads"),
-    (lambda: checks.build_tiny("resnet18", image_shape=(32,)), "image_shape"),
+    (lambda c: models.variants("resnet50"), "Unknown model 'resnet50'; accepted: hybrid, resnet18"),
+    (lambda c: c.build_tiny("resnet50"), "accepted: hybrid, resnet18, resnet34, vit"),
+    (lambda c: c.build_tiny("vit", variant="L"), "Unknown variant 'L' of vit; accepted: test"),
+    (lambda c: c.build_tiny("vit", depht=2), "Unknown override.*depht.*accepted:.*depth"),
+    (lambda c: c.build_tiny("resnet18", patch_size=4), "patch_size for resnet18; accepted: stem, width"),
+    (lambda c: c.build_tiny("resnet18", stem="7x7"), "Unknown stem '7x7'; accepted: auto"),
+    (lambda c: c.build_tiny("vit", patch_size=5), "must divide the 32x32 grid; accepted: auto, 1, 2, 4"),
+    (lambda c: c.build_tiny("vit", width=18, num_heads=4), "multiple of num_heads"),
+    (lambda c: c.build_tiny("resnet18", image_shape=(32,)), "image_shape"),
 ])
-def test_errors_name_the_value_and_list_accepted_ones(call, message):
+def test_errors_name_the_value_and_list_accepted_ones(call, message, checks):
     with pytest.raises(ValueError, match=message):
-        call()
+        call(checks)
 
 
 def test_overrides_apply():

@@ -1,28 +1,12 @@
 """Every registered model, tiny variant: the contract training, export and serving rely on."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import regressor_checks as checks
 from deeplense_tf import models
 
 ALL_MODELS = models.list_models()
-
-
-@pytest.fixture(scope="module", params=ALL_MODELS)
-def tiny(request):
-    """(name, model with a random head, images): built once per model for the read-only checks."""
-    model = checks.randomize_head(checks.build_tiny(request.param))
-    return request.param, model, checks.raw_images()
-
-
-@pytest.fixture
-def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
 
 
 def test_every_model_has_a_test_variant():
@@ -31,32 +15,32 @@ def test_every_model_has_a_test_variant():
         assert "test" in models.variants(name), name
 
 
-def test_output_contract(tiny):
+def test_output_contract(tiny, checks):
     _, model, x = tiny
     checks.check_output_contract(model, model(x))
 
 
-def test_point_head_has_no_std():
+def test_point_head_has_no_std(checks):
     model = checks.build_tiny("resnet18", head="point")
     checks.check_output_contract(model, model(checks.raw_images()), head="point")
 
 
-def test_config_round_trip(tiny):
+def test_config_round_trip(tiny, checks):
     _, model, x = tiny
     checks.check_config_round_trip(model, x)
 
 
-def test_save_and_reload(tiny, tmp_path):
+def test_save_and_reload(tiny, checks, tmp_path):
     _, model, x = tiny
     checks.check_save_and_reload(model, x, tmp_path / "m.keras")
 
 
-def test_predict_on_array_and_dataset(tiny):
+def test_predict_on_array_and_dataset(tiny, checks):
     _, model, x = tiny
     checks.check_predict(model, x)
 
 
-def test_untrained_model_predicts_the_target_prior(tiny):
+def test_untrained_model_predicts_the_target_prior(tiny, checks):
     """Zero head: every image maps to target_mean with sigma target_std, in physical units."""
     name, _, x = tiny
     model = checks.build_tiny(name)
@@ -69,7 +53,7 @@ def test_untrained_model_predicts_the_target_prior(tiny):
     np.testing.assert_allclose(standardized[checks.TARGETS[0] + "_std"], 1.0, rtol=1e-6)
 
 
-def test_one_gradient_step_lowers_the_loss(tiny):
+def test_one_gradient_step_lowers_the_loss(tiny, checks):
     name, _, x = tiny
     model = checks.randomize_head(checks.build_tiny(name))
     y = {"log10_m_axion": np.array([-23.4, -22.7], "float32"),
@@ -77,14 +61,14 @@ def test_one_gradient_step_lowers_the_loss(tiny):
     checks.check_one_gradient_step(model, x, y)
 
 
-def test_mixed_bfloat16_outputs_float32(tiny, mixed_bfloat16):
+def test_mixed_bfloat16_outputs_float32(tiny, checks, mixed_bfloat16):
     name, _, x = tiny
     model = checks.randomize_head(checks.build_tiny(name))
     assert model.get_layer("backbone").layers[1].compute_dtype == "bfloat16"
     checks.check_output_contract(model, model(x))
 
 
-def test_runs_under_xla(tiny):
+def test_runs_under_xla(tiny, checks):
     _, model, x = tiny
     compiled = tf.function(lambda images: model(images, training=False), jit_compile=True)
     checks.assert_outputs_equal(checks.as_numpy(compiled(x)), checks.as_numpy(model(x)))

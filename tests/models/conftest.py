@@ -1,7 +1,15 @@
-"""Shared checks for every registered regressor (as keras-hub's TestCase), so each test is short."""
+"""Shared checks for every registered regressor (as keras-hub's TestCase), so each test is short.
+
+Test modules reach these helpers through the `checks` fixture (this module), which works
+under pytest's `prepend` and `importlib` import modes alike; `tiny` builds each registered
+model's `test` variant once per test module.
+"""
+
+import sys
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from deeplense_tf import models
@@ -83,7 +91,8 @@ def check_predict(model, x):
 
 def gaussian_nll(model, x, y, training=True):
     """Mean Gaussian NLL in standardized units, as a training loop would compute it."""
-    z_true, z_pred = models.standardize(model, y), models.standardize(model, model(x, training=training))
+    z_true = models.standardize(model, y)
+    z_pred = models.standardize(model, model(x, training=training))
     terms = [keras.ops.log(z_pred[t + "_std"])
              + 0.5 * keras.ops.square((z_true[t] - z_pred[t]) / z_pred[t + "_std"])
              for t in TARGETS]
@@ -104,3 +113,25 @@ def check_one_gradient_step(model, x, y, step=1e-3):
     for w, g in zip(weights, grads):
         w.assign_sub(step * g / norm)
     assert float(gaussian_nll(model, x, y)) < float(loss)
+
+
+_THIS_MODULE = sys.modules[__name__]  # taken at import: another conftest may reuse the name
+
+
+@pytest.fixture(scope="session")
+def checks():
+    return _THIS_MODULE
+
+
+@pytest.fixture(scope="module", params=models.list_models())
+def tiny(request):
+    """(name, model with a random head, raw images), built once per model for read-only checks."""
+    model = randomize_head(build_tiny(request.param, dropout=0.1))
+    return request.param, model, raw_images()
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
