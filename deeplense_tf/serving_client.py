@@ -1,0 +1,208 @@
+r"""A small client for TF Serving's REST API (real TF Serving or ``deeplense_tf.serve``).
+
+Standard library and numpy only: it never imports TensorFlow, and the file works on its own::
+
+    from deeplense_tf import serving_client
+    outputs = serving_client.predict("localhost:8501", "deeplense_axion", images)
+    outputs["log10_m_axion"], outputs["log10_m_axion_std"]   # float32 arrays, (batch,)
+
+Images are float32 raw pixels, ``(batch, H, W, 1)`` (or one ``(H, W, 1)`` image).
+Connections are HTTP/1.1 keep-alive, one per thread and server, reused across calls.
+
+Command line (``status``, ``metadata`` or ``predict IMAGES.npy``)::
+
+    python -m deeplense_tf.serving_client --server=localhost:8501 \
+        --model_name=deeplense_axion predict images.npy
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import threading
+import urllib.parse
+from typing import Mapping
+
+import numpy as np
+
+
+class ServingClientError(RuntimeError):
+    """The server answered with an error: ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _split_server(url_or_host: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of "host:port", "http://host:port" or "http://host:port/prefix"."""
+    if "://" not in url_or_host:
+        url_or_host = "http://" + url_or_host
+    parts = urllib.parse.urlsplit(url_or_host)
+    if parts.scheme != "http":
+        raise ValueError(f"only http:// servers are supported, got {url_or_host!r}")
+    return parts.hostname or "localhost", parts.port or 8501, parts.path.rstrip("/")
+
+
+_connections = threading.local()
+
+
+def _request(url_or_host: str, method: str, path: str, body: bytes | None, timeout: float) -> dict:
+    host, port, prefix = _split_server(url_or_host)
+    pool = _connections.__dict__.setdefault("pool", {})
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    for attempt in range(2):  # a kept-alive connection may have been closed by the server
+        connection = pool.get((host, port))
+        if connection is None:
+            connection = pool[(host, port)] = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            connection.request(method, prefix + path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
+            connection.close()
+            pool.pop((host, port), None)
+            if attempt:
+                raise
+            continue
+        if response.will_close:
+            connection.close()
+            pool.pop((host, port), None)
+        break
+    try:
+        document = json.loads(payload) if payload else {}
+    except ValueError:
+        document = {"error": payload.decode("utf-8", "replace")}
+    if response.status != 200:
+        raise ServingClientError(response.status, document.get("error", response.reason))
+    return document
+
+
+def _model_path(model_name: str, version: int | None, label: str | None) -> str:
+    if version is not None and label is not None:
+        raise ValueError("give a version or a label, not both")
+    path = "/v1/models/" + urllib.parse.quote(model_name, safe="")
+    if version is not None:
+        path += f"/versions/{int(version)}"
+    elif label is not None:
+        path += "/labels/" + urllib.parse.quote(label, safe="")
+    return path
+
+
+@functools.lru_cache(maxsize=16)
+def _template(shape: tuple[int, ...]) -> str:
+    """A %-format string printing one image of ``shape`` as nested JSON lists."""
+    text = "%.9g"  # nine significant digits give back the same float32
+    for size in reversed(shape):
+        text = "[" + ",".join([text] * size) + "]"
+    return text
+
+
+def encode_images(images: np.ndarray) -> str:
+    """JSON text of a float32 batch, fast: one C-level format call per image."""
+    template = _template(images.shape[1:])
+    return "[" + ",".join(template % tuple(image.ravel().tolist()) for image in images) + "]"
+
+
+def _as_batch(images) -> np.ndarray:
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[np.newaxis]
+    if images.ndim != 4 or images.shape[-1] != 1 or images.shape[0] == 0:
+        raise ValueError(f"expected images of shape (batch, H, W, 1) or (H, W, 1), got {images.shape}")
+    if not np.isfinite(images).all():
+        raise ValueError("images hold NaN or infinite pixels")
+    return images
+
+
+def model_metadata(url_or_host: str, model_name: str, version: int | None = None, label: str | None = None, timeout: float = 30.0) -> dict:
+    """GET .../metadata: the model's signature defs as TF Serving prints them."""
+    return _request(url_or_host, "GET", _model_path(model_name, version, label) + "/metadata", None, timeout)
+
+
+def model_status(url_or_host: str, model_name: str, version: int | None = None, label: str | None = None, timeout: float = 30.0) -> dict:
+    """GET /v1/models/NAME: ``{"model_version_status": [{"version", "state", "status"}]}``."""
+    return _request(url_or_host, "GET", _model_path(model_name, version, label), None, timeout)
+
+
+@functools.lru_cache(maxsize=64)
+def _single_output_name(url_or_host: str, model_name: str, version, label, signature_name: str, timeout: float) -> str:
+    signature = model_metadata(url_or_host, model_name, version, label, timeout)["metadata"]["signature_def"]
+    outputs = signature["signature_def"][signature_name or "serving_default"]["outputs"]
+    return next(iter(outputs))
+
+
+def predict(
+    url_or_host: str,
+    model_name: str,
+    images,
+    version: int | None = None,
+    signature_name: str | None = None,
+    label: str | None = None,
+    input_name: str = "image",
+    timeout: float = 30.0,
+    max_batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Runs the model on ``images``; returns its named outputs as float32 arrays.
+
+    Sends the columnar form (``{"inputs": {"image": ...}}``), ``max_batch_size`` images
+    per request at most (TF Serving with batching refuses larger requests). A server
+    answers a single-output model without the output's name; it is then read from the
+    model's metadata.
+    """
+    batch = _as_batch(images)
+    if len(batch) > max_batch_size:
+        parts = [
+            predict(url_or_host, model_name, batch[i:i + max_batch_size], version, signature_name, label, input_name, timeout, max_batch_size)
+            for i in range(0, len(batch), max_batch_size)
+        ]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    body = '{"inputs": {' + json.dumps(input_name) + ": " + encode_images(batch) + "}"
+    if signature_name:
+        body += ', "signature_name": ' + json.dumps(signature_name)
+    body += "}"
+    path = _model_path(model_name, version, label) + ":predict"
+    outputs = _request(url_or_host, "POST", path, body.encode(), timeout)["outputs"]
+    if not isinstance(outputs, dict):
+        name = _single_output_name(url_or_host, model_name, version, label, signature_name or "", timeout)
+        outputs = {name: outputs}
+    return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("server", "localhost:8501", "host:port or http://host:port of the REST API.")
+    flags.DEFINE_string("model_name", None, "Served model name.")
+    flags.DEFINE_integer("version", None, "Model version (default: the latest).")
+    flags.DEFINE_string("label", None, "Version label, instead of --version.")
+    flags.DEFINE_string("signature_name", None, "Signature (default: serving_default).")
+    flags.mark_flag_as_required("model_name")
+
+
+def main(argv: list[str]) -> None:
+    """Commands: ``status``, ``metadata``, ``predict IMAGES.npy``."""
+    from absl import app, flags
+
+    FLAGS = flags.FLAGS
+    command = argv[1:]
+    if command == ["status"]:
+        result = model_status(FLAGS.server, FLAGS.model_name, FLAGS.version, FLAGS.label)
+    elif command == ["metadata"]:
+        result = model_metadata(FLAGS.server, FLAGS.model_name, FLAGS.version, FLAGS.label)
+    elif len(command) == 2 and command[0] == "predict":
+        images = np.load(command[1], allow_pickle=False)
+        outputs = predict(FLAGS.server, FLAGS.model_name, images, FLAGS.version, FLAGS.signature_name, FLAGS.label)
+        result = {name: value.tolist() for name, value in outputs.items()}
+    else:
+        raise app.UsageError("commands: status | metadata | predict IMAGES.npy")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,170 @@
+"""TF Serving's REST protocol without a server: routes, request parsing, response JSON."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deeplense_tf import serving_protocol as protocol
+from deeplense_tf.serving_protocol import InputSpec, InvalidArgument, NotFound, Route
+
+SPECS = {"image": InputSpec(np.dtype("float32"), (None, 2, 2, 1))}
+
+
+def specs_for(signature_name):
+    if signature_name not in ("", "serving_default"):
+        raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
+    return SPECS
+
+
+def parse(document):
+    body = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return protocol.parse_predict_request(body, specs_for)
+
+
+IMAGE = [[[0.5], [1.0]], [[2.0], [-3.25]]]
+
+
+@pytest.mark.parametrize(
+    "method, target, route",
+    [
+        ("POST", "/v1/models/m:predict", Route("predict", "m")),
+        ("POST", "/V1/Models/m:PREDICT", Route("predict", "m")),
+        ("POST", "/v1/models/m/versions/3:predict", Route("predict", "m", version=3)),
+        ("POST", "/v1/models/m/labels/stable:predict", Route("predict", "m", label="stable")),
+        ("POST", "/v1/models/my%20model:predict?x=1", Route("predict", "my model")),
+        ("POST", "/v1/models/m:regress", Route("regress", "m")),
+        ("GET", "/v1/models/m", Route("status", "m")),
+        ("GET", "/v1/models/m/versions/2", Route("status", "m", version=2)),
+        ("GET", "/v1/models/m/labels/canary", Route("status", "m", label="canary")),
+        ("GET", "/v1/models/m/metadata", Route("metadata", "m")),
+        ("GET", "/v1/models/m/versions/2/metadata", Route("metadata", "m", version=2)),
+    ],
+)
+def test_routes(method, target, route):
+    assert protocol.parse_route(method, target) == route
+
+
+@pytest.mark.parametrize(
+    "method, target, error, status",
+    [
+        ("GET", "/", "Malformed request: GET /", 404),
+        ("POST", "/v2/models/m:predict", "Malformed request", 404),
+        ("GET", "/v1/models/m:predict", "Malformed request: GET /v1/models/m:predict", 400),
+        ("POST", "/v1/models/m", "Malformed request: POST /v1/models/m", 400),
+        ("POST", "/v1/models/m/versions/x:predict", "Malformed request", 400),
+        ("POST", "/v1/models/m/versions/99999999999999999999:predict", "Failed to convert version", 400),
+        ("PUT", "/v1/models/m:predict", "Malformed request: PUT", 400),
+        ("GET", "/v1/models", "Missing model name in request.", 400),
+    ],
+)
+def test_bad_routes(method, target, error, status):
+    with pytest.raises(protocol.ServingError, match=error) as raised:
+        protocol.parse_route(method, target)
+    assert raised.value.http_status == status
+
+
+def test_row_and_columnar_requests():
+    row = parse({"instances": [IMAGE, IMAGE]})
+    assert row.row_format and row.signature_name == ""
+    assert row.inputs["image"].dtype == np.float32 and row.inputs["image"].shape == (2, 2, 2, 1)
+    np.testing.assert_array_equal(row.inputs["image"][0], np.array(IMAGE, np.float32))
+    objects = parse({"instances": [{"image": IMAGE}], "signature_name": "serving_default"})
+    assert objects.signature_name == "serving_default" and objects.inputs["image"].shape == (1, 2, 2, 1)
+    columnar = parse({"inputs": {"image": [IMAGE]}})
+    assert not columnar.row_format and columnar.inputs["image"].shape == (1, 2, 2, 1)
+    bare = parse({"inputs": [IMAGE, IMAGE, IMAGE]})
+    assert bare.inputs["image"].shape == (3, 2, 2, 1)
+    integers = parse({"instances": [[[[1], [2]], [[3], [4]]]]})
+    assert integers.inputs["image"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "JSON Parse error: The document is empty"),
+        (b"{", "JSON Parse error"),
+        (b"\xff\xfe", "JSON Parse error"),
+        (b"[1, 2]", "Is not object"),
+        ({"signature_name": 3, "instances": [IMAGE]}, "'signature_name' key must be a string value"),
+        ({"signature_name": "other", "instances": [IMAGE]}, 'Serving signature name: "other" not found'),
+        ({}, "Missing 'inputs' or 'instances' key"),
+        ({"instances": [IMAGE], "inputs": [IMAGE]}, "expecting only one of 'inputs' or 'instances'"),
+        ({"instances": IMAGE[0][0][0]}, "Excepting 'instances' to be an list/array"),
+        ({"instances": []}, "No values in 'instances' array"),
+        ({"inputs": []}, "input 'image' has an empty batch"),
+        ({"inputs": {"image": []}}, "input 'image' has an empty batch"),
+        ({"inputs": {"pixels": [IMAGE]}}, "unknown input names ['pixels']"),
+        ({"inputs": {}}, "Missing named input: image"),
+        ({"instances": [{"pixels": IMAGE}]}, "keys must be equal to: image"),
+        ({"instances": [IMAGE, {"image": IMAGE}]}, "Expecting value/list but got object at item 1"),
+        ({"instances": [[[[0.5], [1.0]]]]}, "has shape [1,1,2,1], but signature 'serving_default' expects [-1,2,2,1]"),
+        ({"instances": [IMAGE, [[[0.5]]]]}, "Failed to process element: 1 of 'instances' list"),
+        ({"instances": [[[[0.5], [1.0]], [[2.0]]]]}, "element: 0 of 'instances' list. Error: Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
+        ({"instances": [[[["a"], [1.0]], [[2.0], [3.0]]]]}, 'JSON Value: "a" Type: String is not of expected type: float'),
+        ({"instances": [[[[True], [1.0]], [[2.0], [3.0]]]]}, "JSON Value: true Type: True is not of expected type: float"),
+        ({"instances": [[[[None], [1.0]], [[2.0], [3.0]]]]}, "Type: Null is not of expected type: float"),
+        ({"instances": [[[[{}], [1.0]], [[2.0], [3.0]]]]}, "Type: Object is not of expected type: float"),
+        ({"instances": [[[[1e39], [1.0]], [[2.0], [3.0]]]]}, "to float without loss of precision"),
+        ({"instances": [[[[16777217], [1.0]], [[2.0], [3.0]]]]}, "Cannot convert JSON value: 16777217 to float"),
+        (b'{"instances": [[[[NaN], [1.0]], [[2.0], [3.0]]]]}', "NaN or infinite values (first at index [0, 0, 0, 0])"),
+        (b'{"instances": [[[[1.0], [1.0]], [[2.0], [-Infinity]]]]}', "NaN or infinite values"),
+        (b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", "JSON"),
+    ],
+)
+def test_bad_requests_name_the_problem(body, message):
+    with pytest.raises(InvalidArgument) as raised:
+        parse(body)
+    assert message in str(raised.value)
+    assert raised.value.http_status == 400
+
+
+def test_unknown_model_is_404_after_json_is_parsed():
+    def missing(signature_name):
+        raise NotFound("Servable not found for request: Latest(x)")
+
+    with pytest.raises(InvalidArgument, match="JSON Parse error"):
+        protocol.parse_predict_request(b"{", missing)
+    with pytest.raises(NotFound):
+        protocol.parse_predict_request(b'{"instances": [1]}', missing)
+
+
+def test_row_response_has_one_object_per_instance():
+    outputs = {"log10_m_axion": np.array([-22.5, -23.0], np.float32), "log10_m_axion_std": np.array([0.1, 0.25], np.float32)}
+    document = json.loads(protocol.format_predict_response(outputs, row_format=True))
+    assert document == {"predictions": [
+        {"log10_m_axion": -22.5, "log10_m_axion_std": 0.1},
+        {"log10_m_axion": -23.0, "log10_m_axion_std": 0.25},
+    ]}
+    single = json.loads(protocol.format_predict_response({"y": np.array([1.5, 2.0], np.float32)}, row_format=True))
+    assert single == {"predictions": [1.5, 2.0]}  # one output: bare values, name dropped
+    nested = json.loads(protocol.format_predict_response({"y": np.arange(4, dtype=np.float32).reshape(2, 2)}, row_format=True))
+    assert nested == {"predictions": [[0.0, 1.0], [2.0, 3.0]]}
+
+
+def test_columnar_response_is_keyed_by_output():
+    outputs = {"b": np.array([1.0, 2.0], np.float32), "a": np.array([3, 4], np.int32)}
+    assert json.loads(protocol.format_predict_response(outputs, row_format=False)) == {"outputs": {"a": [3, 4], "b": [1.0, 2.0]}}
+    single = json.loads(protocol.format_predict_response({"y": np.array([0.5], np.float32)}, row_format=False))
+    assert single == {"outputs": [0.5]}
+
+
+def test_floats_are_printed_like_tf_serving():
+    values = np.array([0.1, 1.0, 1e-5, 123456792.0, 1 / 3, -0.0, np.nan, np.inf, -np.inf, 3e38], np.float32)
+    text = protocol.format_predict_response({"y": values}, row_format=False).decode()
+    # six significant digits when they give the float back, nine otherwise; "x.0" for
+    # whole numbers; NaN and Infinity as rapidjson writes them.
+    assert text == '{"outputs": [0.1, 1.0, 1e-05, 123456792.0, 0.333333343, -0.0, NaN, Infinity, -Infinity, 3e+38]}'
+    parsed = json.loads(text)["outputs"]
+    np.testing.assert_array_equal(np.array(parsed, np.float32), values)  # lossless
+
+
+def test_status_and_metadata_documents():
+    status = json.loads(protocol.format_model_status([(2, "AVAILABLE", "OK", ""), (1, "END", "OK", "")]))
+    assert status["model_version_status"][0] == {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    metadata = json.loads(protocol.format_model_metadata("m", 2, {"signature_def": {"serving_default": {}}}))
+    assert metadata == {
+        "model_spec": {"name": "m", "signature_name": "", "version": "2"},
+        "metadata": {"signature_def": {"signature_def": {"serving_default": {}}}},
+    }
+    assert json.loads(protocol.error_body('bad "x"')) == {"error": 'bad "x"'}
