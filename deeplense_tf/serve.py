@@ -23,6 +23,7 @@ port, printed at start. Only the standard library and TensorFlow: no web framewo
 
 from __future__ import annotations
 
+import gc
 import http.server
 import os
 import signal
@@ -203,6 +204,9 @@ class ModelServer:
             repository.poll()  # the first versions load before the port opens
             if not repository.versions_on_disk():
                 logging.warning("no versions of %s under %s yet; polling", repository.model_name, repository.base_path)
+        # Move TensorFlow's many long-lived objects out of the collector's sight: every
+        # full collection would otherwise scan them while requests allocate lists.
+        gc.freeze()
         server_class = _IPv6HTTPServer if ":" in host else _HTTPServer
         self._httpd = server_class((host, port), _Handler)
         self._httpd.model_server = self

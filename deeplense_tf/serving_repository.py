@@ -15,6 +15,7 @@ stays served), and it is tried again only once its ``saved_model.pb`` changes.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import threading
 from typing import Mapping, Sequence
@@ -83,10 +84,15 @@ class LoadedVersion:
             raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
         return self.input_specs[name]
 
-    def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def signature(self, signature_name: str = ""):
+        """The callable signature (a ConcreteFunction taking keyword tensors)."""
         function = self._signatures.get(signature_name or DEFAULT_SIGNATURE)
         if function is None:
             raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
+        return function
+
+    def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        function = self.signature(signature_name)
         try:
             outputs = function(**{key: tf.constant(value) for key, value in inputs.items()})
         except tf.errors.InvalidArgumentError as error:
@@ -245,6 +251,7 @@ class RepositoryPoller:
                     repository.poll()
                 except Exception:  # keep polling whatever one poll did
                     logging.exception("polling %s failed", repository.model_name)
+            gc.freeze()  # a newly loaded model's objects too (see serve.ModelServer)
 
     def stop(self) -> None:
         self._stop.set()

@@ -168,3 +168,56 @@ def test_status_and_metadata_documents():
         "metadata": {"signature_def": {"signature_def": {"serving_default": {}}}},
     }
     assert json.loads(protocol.error_body('bad "x"')) == {"error": 'bad "x"'}
+
+
+def test_fast_array_path_agrees_with_json_and_refuses_what_json_refuses():
+    rng = np.random.default_rng(0)
+    inner = (4, 4, 1)
+    accepted = 0
+    for trial in range(600):
+        values = rng.standard_normal((int(rng.integers(1, 4)), *inner)) * 10.0 ** int(rng.integers(-6, 6))
+        style = trial % 3
+        if style == 0:
+            text = json.dumps(values.tolist())  # ", " separators, 17 digits
+        elif style == 1:
+            text = json.dumps(values.astype(np.float32).tolist(), separators=(",", ":"))
+        else:
+            text = json.dumps(np.round(values).astype(int).tolist(), indent=1)  # newlines, integers
+        data = bytearray(text.encode())
+        mutated = trial % 2 == 1
+        if mutated:
+            for _ in range(int(rng.integers(1, 3))):
+                data[int(rng.integers(len(data)))] = int(rng.choice(list(b"0123456789.eE+-,[] ")))
+        data = bytes(data)
+        fast = protocol._numeric_array(data, inner)
+        try:
+            reference = np.array(json.loads(data), dtype=np.float64)
+        except ValueError:  # invalid JSON or ragged
+            reference = None
+        if fast is None:
+            assert mutated, text[:200]  # every valid array of the right shape takes the fast path
+            continue
+        accepted += 1
+        assert reference is not None, data[:200]
+        np.testing.assert_array_equal(fast, reference)
+    assert accepted > 300
+
+
+def test_fast_path_gives_the_same_request_as_the_exact_path():
+    images = (np.random.default_rng(1).random((3, 2, 2, 1)) * 100).astype(np.float32)
+    for body in (
+        json.dumps({"instances": images.tolist()}),
+        json.dumps({"inputs": {"image": images.tolist()}, "signature_name": "serving_default"}, indent=2),
+        json.dumps({"inputs": images.tolist()}, separators=(",", ":")),
+    ):
+        padded = body.replace("[", "[ " * 1, 1) + " " * 600  # long enough for the fast path
+        request = parse(padded.encode())
+        np.testing.assert_array_equal(request.inputs["image"], images)
+    specs = {"image": InputSpec(np.dtype("float32"), (None, 64, 64, 1))}
+    big = np.random.default_rng(2).random((2, 64, 64, 1), dtype=np.float32)
+    for text in (json.dumps({"instances": big.tolist()}), json.dumps({"inputs": {"image": big.tolist()}})):
+        request = protocol.parse_predict_request(text.encode(), lambda _: specs)
+        np.testing.assert_array_equal(request.inputs["image"], big)
+    # An array cut out of the wrong place falls back to the exact parse and its message.
+    with pytest.raises(InvalidArgument, match="'signature_name' key must be a string"):
+        parse(json.dumps({"signature_name": list(range(300)), "instances": 1}).encode())
