@@ -60,9 +60,9 @@ def test_default_model_file_fits_20_mb(tmp_path):
 
 
 def test_auto_stem_keeps_resolution_below_128_px():
-    assert feature_shape("resnet18", (64, 64, 1), variant="test") == (8, 8, 64)          # s1
-    assert feature_shape("resnet18", (150, 150, 1), variant="test") == (10, 10, 64)      # s2
-    assert feature_shape("resnet18", (64, 64, 1), variant="test", stem="imagenet") == (2, 2, 64)
+    assert feature_shape("resnet18", (64, 64, 1), variant="test") == (8, 8, 128)         # s1
+    assert feature_shape("resnet18", (150, 150, 1), variant="test") == (10, 10, 128)     # s2
+    assert feature_shape("resnet18", (64, 64, 1), variant="test", stem="imagenet") == (2, 2, 128)
     assert feature_shape("hybrid", (64, 64, 1), variant="test") == (256, 16)             # 16x16
 
 
