@@ -9,10 +9,11 @@ Standard library and numpy only: it never imports TensorFlow, and the file works
 Images are float32 raw pixels, ``(batch, H, W, 1)`` (or one ``(H, W, 1)`` image).
 Connections are HTTP/1.1 keep-alive, one per thread and server, reused across calls.
 
-Command line (``status``, ``metadata`` or ``predict IMAGES.npy``)::
+Command line (``status``, ``metadata`` or ``predict IMAGES``, a ``.npy`` file or a
+``.json`` request body; ``--wait_seconds`` first waits for the model to be AVAILABLE)::
 
     python -m deeplense_tf.serving_client --server=localhost:8501 \
-        --model_name=deeplense_axion predict images.npy
+        --model_name=deeplense_axion --wait_seconds=60 predict serving/sample_request.json
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 import http.client
 import json
 import threading
+import time
 import urllib.parse
 from typing import Mapping
 
@@ -127,6 +129,33 @@ def model_status(url_or_host: str, model_name: str, version: int | None = None, 
     return _request(url_or_host, "GET", _model_path(model_name, version, label), None, timeout)
 
 
+def wait_until_available(url_or_host: str, model_name: str, timeout_s: float = 60.0) -> dict:
+    """Polls the model status until a version is AVAILABLE (a server starting, a model loading)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status = model_status(url_or_host, model_name, timeout=5.0)
+            if any(v.get("state") == "AVAILABLE" for v in status.get("model_version_status", [])):
+                return status
+        except (OSError, ServingClientError):
+            pass  # not listening yet, or the model not loaded yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{model_name!r} not AVAILABLE at {url_or_host} after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def load_images(path: str) -> np.ndarray:
+    """Images from a ``.npy`` file or a TF Serving request body (``.json``)."""
+    if not path.endswith(".json"):
+        return np.load(path, allow_pickle=False)
+    with open(path) as stream:
+        document = json.load(stream)
+    images = document["instances"] if "instances" in document else document["inputs"]
+    if isinstance(images, dict):
+        images = images["image"]
+    return np.asarray(images, dtype=np.float32)
+
+
 @functools.lru_cache(maxsize=64)
 def _single_output_name(url_or_host: str, model_name: str, version, label, signature_name: str, timeout: float) -> str:
     signature = model_metadata(url_or_host, model_name, version, label, timeout)["metadata"]["signature_def"]
@@ -179,6 +208,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("version", None, "Model version (default: the latest).")
     flags.DEFINE_string("label", None, "Version label, instead of --version.")
     flags.DEFINE_string("signature_name", None, "Signature (default: serving_default).")
+    flags.DEFINE_float("wait_seconds", 0.0, "First wait up to this long for the model to be AVAILABLE.")
     flags.mark_flag_as_required("model_name")
 
 
@@ -188,16 +218,18 @@ def main(argv: list[str]) -> None:
 
     FLAGS = flags.FLAGS
     command = argv[1:]
+    if FLAGS.wait_seconds > 0:
+        wait_until_available(FLAGS.server, FLAGS.model_name, FLAGS.wait_seconds)
     if command == ["status"]:
         result = model_status(FLAGS.server, FLAGS.model_name, FLAGS.version, FLAGS.label)
     elif command == ["metadata"]:
         result = model_metadata(FLAGS.server, FLAGS.model_name, FLAGS.version, FLAGS.label)
     elif len(command) == 2 and command[0] == "predict":
-        images = np.load(command[1], allow_pickle=False)
+        images = load_images(command[1])
         outputs = predict(FLAGS.server, FLAGS.model_name, images, FLAGS.version, FLAGS.signature_name, FLAGS.label)
         result = {name: value.tolist() for name, value in outputs.items()}
     else:
-        raise app.UsageError("commands: status | metadata | predict IMAGES.npy")
+        raise app.UsageError("commands: status | metadata | predict IMAGES (.npy, or a .json request body)")
     print(json.dumps(result, indent=2))
 
 

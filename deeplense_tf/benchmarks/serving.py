@@ -12,8 +12,8 @@ with 1 and 16 concurrent clients, for two paths over the same SavedModel:
   connection per client thread) against ``python -m deeplense_tf.serve`` running in
   its own process, so client and server do not share a GIL.
 
-Each cell runs a fixed number of requests (bounded), ``--repeats`` times; the table
-shows medians over repeats. It also times the parts of one REST request at batch 1
+Each cell runs a fixed number of requests (bounded), ``--repeats`` times, the two
+paths taking turns; the table shows medians over repeats. It also times the parts of one REST request at batch 1
 (client JSON encoding, server parsing, response, bare HTTP round trip) to show where
 the REST overhead goes. Without ``--model_base_path`` it exports a randomly
 initialised ``resnet18`` (``--variant``) into a temporary directory first.
@@ -146,14 +146,21 @@ def run_benchmark(
         def rest(images):
             return serving_client.predict(url, model_name, images, max_batch_size=max(batch_sizes))
 
+        paths = (("in_process", in_process), ("rest", rest))
         cells = []
-        for path, call in (("in_process", in_process), ("rest", rest)):
-            for clients in concurrency:
-                for batch in batch_sizes:
-                    images = rng.random((batch, *image_shape), dtype=np.float32)
-                    requests = requests_batch1 if batch == 1 else max(requests_large, clients)
-                    runs = [_run_cell(call, images, clients, requests) for _ in range(repeats)]
-                    cells.append({"path": path, "clients": clients, "batch": batch, **_median_cells(runs)})
+        for clients in concurrency:
+            for batch in batch_sizes:
+                images = rng.random((batch, *image_shape), dtype=np.float32)
+                requests = requests_batch1 if batch == 1 else max(requests_large, clients)
+                # Paths alternate within the repeats, so that load drifting on a shared
+                # machine weighs on both alike.
+                runs = {path: [] for path, _ in paths}
+                for _ in range(repeats):
+                    for path, call in paths:
+                        runs[path].append(_run_cell(call, images, clients, requests))
+                for path, _ in paths:
+                    cells.append({"path": path, "clients": clients, "batch": batch, **_median_cells(runs[path])})
+        cells.sort(key=lambda c: (c["path"], c["clients"], c["batch"]))
         breakdown = _breakdown(url, model_name, signature, rng.random((1, *image_shape), dtype=np.float32))
     finally:
         process.terminate()

@@ -105,3 +105,15 @@ def test_sample_request_is_served(server):
     document = serving_client._request(server.url, "POST", "/v1/models/deeplense_axion:predict", body, 30.0)
     (prediction,) = document["predictions"]
     assert sorted(prediction) == ["log10_m_axion", "log10_m_axion_std"]
+
+
+def test_wait_until_available_and_load_images(server, contract, tmp_path):
+    status = serving_client.wait_until_available(server.url, contract.MODEL_NAME, timeout_s=5)
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    with pytest.raises(TimeoutError):
+        serving_client.wait_until_available(server.url, "unknown", timeout_s=0.3)
+    images = serving_client.load_images(os.path.join(SERVING_DIR, "sample_request.json"))
+    assert images.shape == (1, 64, 64, 1) and images.dtype == np.float32
+    columnar = tmp_path / "columnar.json"
+    columnar.write_text(json.dumps({"inputs": {"image": images.tolist()}}))
+    np.testing.assert_array_equal(serving_client.load_images(str(columnar)), images)

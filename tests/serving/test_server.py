@@ -324,7 +324,7 @@ def test_models_config_file_with_policy_and_labels(tmp_path, exported, contract)
 
 
 @pytest.mark.slow
-def test_command_line_prints_the_port_and_stops_on_sigterm(exported, contract):
+def test_command_lines_serve_and_client(exported, contract):
     base = os.path.join(exported[0], contract.MODEL_NAME)
     process = subprocess.Popen(
         [sys.executable, "-m", "deeplense_tf.serve", f"--model_base_path={base}",
@@ -339,6 +339,16 @@ def test_command_line_prints_the_port_and_stops_on_sigterm(exported, contract):
         connection.request("GET", f"/v1/models/{contract.MODEL_NAME}")
         assert connection.getresponse().status == 200
         connection.close()
+        # The client's command line on the sample request body (the README's flow).
+        sample = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "serving", "sample_request.json")
+        client = subprocess.run(
+            [sys.executable, "-m", "deeplense_tf.serving_client", f"--server=127.0.0.1:{port}",
+             f"--model_name={contract.MODEL_NAME}", "--wait_seconds=30", "predict", sample],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert client.returncode == 0, client.stderr[-2000:]
+        answer = json.loads(client.stdout)
+        assert sorted(answer) == ["log10_m_axion", "log10_m_axion_std"] and len(answer["log10_m_axion"]) == 1
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
