@@ -175,7 +175,8 @@ class Pipeline:
         self._base = {}
 
     def num_examples(self, split: str) -> int:
-        if split not in self.builder.info.splits:
+        """Examples in `split`, which may be sliced (e.g. 'train[:8000]')."""
+        if split.split("[")[0] not in self.builder.info.splits:
             raise DataError(f"split {split!r} not in {self.builder.info.full_name}; available: "
                             f"{list(self.builder.info.splits)}")
         return self.builder.info.splits[split].num_examples

@@ -57,6 +57,8 @@ flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Validation b
 flags.DEFINE_integer("log_every_steps", _DEFAULTS.log_every_steps, "TensorBoard/log interval.")
 flags.DEFINE_integer("checkpoint_every_steps", _DEFAULTS.checkpoint_every_steps,
                      "If > 0, also checkpoint within epochs.")
+flags.DEFINE_integer("train_examples", _DEFAULTS.train_examples,
+                     "If > 0, train on the first N training examples only (learning curves).")
 flags.DEFINE_enum("cache", _DEFAULTS.cache, list(training.CACHE),
                   "Cache decoded data in memory (auto: if it fits in 40% of free memory).")
 

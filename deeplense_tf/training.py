@@ -76,6 +76,7 @@ class TrainConfig:
     log_every_steps: int = 50
     checkpoint_every_steps: int = 0  # > 0: also checkpoint inside epochs
     cache: str = "auto"
+    train_examples: int = 0  # > 0: train on the first N training examples (learning curves)
 
     def validate(self):
         def choice(field, accepted):
@@ -99,7 +100,13 @@ class TrainConfig:
                 raise ValueError(f"--{field}: must be positive, got {getattr(self, field)}")
         if not self.targets:
             raise ValueError("--targets: name at least one target")
+        if self.train_examples < 0:
+            raise ValueError(f"--train_examples: must be >= 0, got {self.train_examples}")
         return self
+
+    @property
+    def train_split(self) -> str:
+        return f"train[:{self.train_examples}]" if self.train_examples else "train"
 
     @property
     def head(self) -> str:
@@ -237,14 +244,14 @@ def validation_metrics(config, model, labels, outputs) -> dict:
 # -------------------------------------------------------------------------- training
 
 
-def _statistics(pipeline, workdir, is_chief):
+def _statistics(pipeline, split, workdir, is_chief):
     """Training-split statistics, computed once and kept in the workdir for restarts."""
     path = os.path.join(workdir, "statistics.json")
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
         return input_pipeline.Statistics(**stored)
-    stats = pipeline.statistics("train")
+    stats = pipeline.statistics(split)
     if is_chief:
         _write_json(path, dataclasses.asdict(stats))
     return stats
@@ -302,11 +309,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
                                        seed=config.seed, cache=cache)
     pipeline.num_examples("validation")
     _check_restart(config, workdir, is_chief)
-    stats = _statistics(pipeline, workdir, is_chief)
-    steps_per_epoch = pipeline.num_examples("train") // config.batch_size
+    train_split = config.train_split
+    n_train = pipeline.num_examples(train_split)
+    if config.train_examples > n_train:
+        raise ValueError(f"--train_examples={config.train_examples} exceeds the {n_train} "
+                         "training examples")
+    stats = _statistics(pipeline, train_split, workdir, is_chief)
+    steps_per_epoch = n_train // config.batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"--batch_size={config.batch_size} exceeds the "
-                         f"{pipeline.num_examples('train')} training examples")
+        raise ValueError(f"--batch_size={config.batch_size} exceeds the {n_train} training "
+                         "examples")
     total_steps = config.train_steps or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total_steps // 2)
@@ -375,11 +387,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
     start_epoch = int(epoch_var.numpy())
     skip = int(step_in_epoch.numpy())
     if start_epoch == 0 and skip == 0 and is_chief:
-        _log_sample_inputs(train_writer, pipeline, config)
+        _log_sample_inputs(train_writer, pipeline, config, train_split)
     step = int(optimizer.iterations.numpy())
     for epoch in range(start_epoch, epochs):
         dataset = pipeline.train_epoch(config.batch_size, epoch, augment=config.augment,
-                                       skip_batches=skip)
+                                       skip_batches=skip, split=train_split)
         dataset = strategy.experimental_distribute_dataset(dataset)
         window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         pending = []
@@ -464,10 +476,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
     return summary
 
 
-def _log_sample_inputs(writer, pipeline, config, count: int = 8):
+def _log_sample_inputs(writer, pipeline, config, split, count: int = 8):
     """A few augmented training inputs, min-max stretched for display only."""
-    images, _ = next(iter(pipeline.train_epoch(min(count, pipeline.num_examples("train")), 0,
-                                               augment=config.augment)))
+    images, _ = next(iter(pipeline.train_epoch(min(count, pipeline.num_examples(split)), 0,
+                                               augment=config.augment, split=split)))
     lo = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
     hi = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
     with writer.as_default(step=0):

@@ -289,6 +289,7 @@ class AxionVortex(Substructure):
     """
 
     log10_m_axion: priors.Prior = Uniform(-24.0, -22.0)
+    angle: priors.Prior = Uniform(0.0, math.pi)  # orientation of the segment, radians
     mass_msun: float = 3e10
     n_points: int = 100
     adaptive: bool = False
@@ -300,6 +301,7 @@ class AxionVortex(Substructure):
     def __post_init__(self):
         object.__setattr__(self, "log10_m_axion",
                            priors.as_prior(self.log10_m_axion, "AxionVortex.log10_m_axion"))
+        object.__setattr__(self, "angle", priors.as_prior(self.angle, "AxionVortex.angle"))
         if not self.mass_msun > 0:
             raise ValueError(f"AxionVortex.mass_msun: must be positive, got {self.mass_msun}")
         if not self.n_points >= 2:
@@ -310,7 +312,7 @@ class AxionVortex(Substructure):
     def draw(self, rng, geometry, center=(0.0, 0.0), ray_spacing_arcsec=0.05):
         log10_m = self.log10_m_axion.sample(rng)
         length = float(vortex_length_arcsec(10.0**log10_m))
-        angle = float(rng.uniform(0, np.pi))
+        angle = self.angle.sample(rng)
         n = self.n_points
         if self.adaptive:
             n = int(np.clip(math.ceil(self.points_per_ray * length / ray_spacing_arcsec), 2, n))

@@ -1,0 +1,13 @@
+"""A tiny prepared data set shared by the training tests (built once per session)."""
+
+import pytest
+
+from deeplense_tf import build_dataset
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """DIR holding deeplense_lensing/euclid_axion_tiny (24 train, 8 validation, 8 test)."""
+    data_dir = tmp_path_factory.mktemp("data")
+    build_dataset.build("euclid_axion_tiny", str(data_dir), num_workers=1)
+    return str(data_dir)
