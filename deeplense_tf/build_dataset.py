@@ -18,17 +18,23 @@ import json
 
 from absl import app, flags
 
-_CONFIG = flags.DEFINE_string("config", None, "Builder config name (see --list).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write into.")
-_TRAIN = flags.DEFINE_integer("train_size", None, "Override the number of training examples.")
-_VALIDATION = flags.DEFINE_integer("validation_size", None, "Override the validation size.")
-_TEST = flags.DEFINE_integer("test_size", None, "Override the test size.")
-_SEED = flags.DEFINE_integer("seed", None, "Override the config's seed.")
-_WORKERS = flags.DEFINE_integer("num_workers", None, "Simulation processes (default: all cores).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Released DeepLense files (npy configs).")
-_ALLOW_PICKLE = flags.DEFINE_bool(
-    "allow_pickle", False, "Load pickled .npy files (runs code from them: trusted files only).")
-_LIST = flags.DEFINE_bool("list", False, "List the configs and exit.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined only when run as a program, so that importing `build`, `make_builder` and
+    `summary` from here never clashes with another program's flags (e.g. --data_dir)."""
+    flags.DEFINE_string("config", None, "Builder config name (see --list).")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory to write into.")
+    flags.DEFINE_integer("train_size", None, "Override the number of training examples.")
+    flags.DEFINE_integer("validation_size", None, "Override the validation size.")
+    flags.DEFINE_integer("test_size", None, "Override the test size.")
+    flags.DEFINE_integer("seed", None, "Override the config's seed.")
+    flags.DEFINE_integer("num_workers", None, "Simulation processes (default: all cores).")
+    flags.DEFINE_string("manual_dir", None, "Released DeepLense files (npy configs).")
+    flags.DEFINE_bool("allow_pickle", False,
+                      "Load pickled .npy files (runs code from them: trusted files only).")
+    flags.DEFINE_bool("list", False, "List the configs and exit.")
 
 
 def config_names() -> list[str]:
@@ -90,17 +96,18 @@ def summary(builder) -> dict:
 
 def main(argv):
     del argv
-    if _LIST.value:
+    if FLAGS.list:
         print("\n".join(config_names()))
         return
-    if not _CONFIG.value or not _DATA_DIR.value:
+    if not FLAGS.config or not FLAGS.data_dir:
         raise app.UsageError("--config and --data_dir are required (or --list)")
-    builder = build(_CONFIG.value, _DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
-                    train_size=_TRAIN.value, validation_size=_VALIDATION.value,
-                    test_size=_TEST.value, seed=_SEED.value, num_workers=_WORKERS.value,
-                    allow_pickle=_ALLOW_PICKLE.value)
+    builder = build(FLAGS.config, FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+                    train_size=FLAGS.train_size, validation_size=FLAGS.validation_size,
+                    test_size=FLAGS.test_size, seed=FLAGS.seed, num_workers=FLAGS.num_workers,
+                    allow_pickle=FLAGS.allow_pickle)
     print(json.dumps(summary(builder), indent=2, default=str))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

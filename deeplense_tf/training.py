@@ -113,6 +113,23 @@ class TrainConfig:
         return "gaussian" if self.loss == "gaussian_nll" else "point"
 
 
+def command_line(config: TrainConfig, workdir: str) -> str:
+    """The `python -m deeplense_tf.train ...` command that runs `config` (non-default flags)."""
+    defaults = dataclasses.asdict(TrainConfig(data_dir="", dataset="", targets=[]))
+    parts = ["python -m deeplense_tf.train", f"--workdir={workdir}"]
+    for name, value in dataclasses.asdict(config).items():
+        if value == defaults[name] and name not in ("data_dir", "dataset"):
+            continue
+        if isinstance(value, list):
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        parts.append(f"--{name}={value}")
+    return " ".join(parts)
+
+
 # ----------------------------------------------------------------------------- setup
 
 
