@@ -1,0 +1,554 @@
+r"""Throughput of simulating, building and reading back `deeplense_lensing` data.
+
+  python -m deeplense_tf.benchmarks.simulation [--output=results.json] [--images=N]
+      [--repeats=R] [--cases=euclid/axion_vortex,...] [--build_train_size=N]
+      [--full_build] [--skip_build] [--read_dir=DIR]
+
+Prints markdown tables and writes every number (with the machine) as JSON. Three
+parts, each a library function that the tests call on tiny sizes:
+
+1. Generation: images/s per substructure class and instrument through
+   `parallel.simulate_split`, on one core (`num_workers=1`, in this process) and on
+   all cores (one worker process per core). Each call simulates `repeats + 1` timed
+   blocks of about `block_seconds`: the first absorbs the start-up (spawning workers,
+   importing lenstronomy, building the simulator) and is reported as such; the rate
+   is the median over the others.
+2. Build: a `euclid_axion` data set built end to end by the real TFDS builder at two
+   sizes, extrapolated linearly (time = a + b * images) to 30,000/5,000/5,000, or
+   built at full size with `--full_build`; a cProfile of the builder's process says
+   where its time goes (waiting for simulation, encoding, serializing, shuffling and
+   writing).
+3. Read-back: images/s through `tf.data` over the built train split, the TFDS way
+   (all features; without `params`; image left ZLIB-compressed) and the raw way
+   (TFRecord bytes only; one `parse_example` per batch, then ZLIB inflate).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import dataclasses
+import glob
+import json
+import math
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+
+FULL_SIZES = (30_000, 5_000, 5_000)  # The issue's euclid_axion set: train, validation, test.
+_BUILD_CONFIG = "euclid_axion"
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict:
+    """What the numbers were measured on: they mean little without it."""
+    import lenstronomy
+    import tensorflow as tf
+
+    from deeplense_tf.simulation import parallel
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": parallel.default_num_workers(), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "lenstronomy": lenstronomy.__version__,
+            "numpy": np.__version__, "load_average_1_5_15_min": _load()}
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of the generation table: a substructure class on an instrument."""
+
+    instrument: str
+    substructure: str
+    recipe: object  # simulation.recipes.Recipe
+    config: str = ""  # The deeplense_lensing config that simulates exactly this, if any.
+
+    @property
+    def name(self) -> str:
+        return f"{self.instrument}/{self.substructure}"
+
+
+def cases() -> list[Case]:
+    """Every substructure class on the 64 px Euclid and 150 px HST-like grids (randomized
+    macro model and source), plus the DeepLense Model I recipe (150 px)."""
+    from deeplense_tf.simulation import components, recipes, substructure
+
+    models = {
+        "no_sub": (substructure.NoSubstructure(), {"euclid": "euclid_classes"}),
+        "cdm_tnfw": (substructure.CDMSubhalos(), {"euclid": "euclid_cdm", "hst_150": "hst_cdm"}),
+        "cdm_point_mass": (substructure.CDMSubhalos(profile="point_mass"),
+                           {"euclid": "euclid_cdm_point_mass"}),
+        "cdm_deeplense": (substructure.DeepLenseCDM(), {"euclid": "euclid_classes"}),
+        "axion_vortex": (substructure.AxionVortex(), {"euclid": "euclid_axion"}),
+        "fdm": (substructure.FDMGranules(), {"euclid": "euclid_fdm"}),
+    }
+    out = []
+    for instrument in ("euclid", "hst_150"):
+        for label, (model, configs) in models.items():
+            recipe = recipes.Recipe(
+                name=f"benchmark_{instrument}_{label}", description="benchmark", instrument=instrument,
+                deflector=components.randomized_deflector(), source=components.randomized_source(),
+                substructures={model.name: model}, targets=())
+            out.append(Case(instrument, label, recipe, configs.get(instrument, "")))
+    out.append(Case("model_i", "axion_vortex", recipes.get("model_i_axion"), "model_i_axion"))
+    return out
+
+
+class _Clock:
+    """Wall time, CPU time of this process and its children (the simulation workers),
+    and CPU time the whole machine was busy: the difference is what other processes
+    took, which on a shared machine explains noisy wall-clock rates."""
+
+    def __init__(self):
+        import psutil
+
+        self._psutil = psutil
+        self._process = psutil.Process()
+        self.last = self._read()
+
+    def _read(self):
+        ours = 0.0
+        for proc in [self._process] + self._process.children(recursive=True):
+            try:
+                times = proc.cpu_times()
+            except self._psutil.Error:  # A worker that just exited.
+                continue
+            ours += times.user + times.system
+        machine_times = self._psutil.cpu_times()
+        busy = sum(machine_times) - machine_times.idle - getattr(machine_times, "iowait", 0.0)
+        return time.perf_counter(), ours, busy
+
+    def lap(self) -> dict:
+        now = self._read()
+        wall, ours, busy = (a - b for a, b in zip(now, self.last))
+        self.last = now
+        return {"wall_s": wall, "cpu_s": ours, "other_processes_cores": max(0.0, busy - ours) / wall}
+
+
+def _single_threaded():
+    """One thread for BLAS/OpenMP in this process, as the workers get (a one-core
+    number must not borrow a second core); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+def _timed_blocks(recipe, num_workers, block, blocks, chunk_size=32, seed=0) -> list[dict]:
+    """Wall and CPU seconds per block of `block` images from one simulate_split call."""
+    from deeplense_tf.simulation import parallel
+
+    laps, count = [], 0
+    with _single_threaded():
+        clock = _Clock()
+        for _ in parallel.simulate_split(recipe, seed, 0, block * blocks, num_workers=num_workers,
+                                         chunk_size=chunk_size):
+            count += 1
+            if count % block == 0:
+                laps.append(clock.lap())
+    return laps
+
+
+def _summarize(laps, images, prefix) -> dict:
+    steady = laps[1:]  # The first block pays for start-up.
+    return {f"{prefix}_images_per_s": images / statistics.median(l["wall_s"] for l in steady),
+            f"{prefix}_cpu_ms_per_image": 1e3 * statistics.median(l["cpu_s"] for l in steady) / images,
+            f"{prefix}_other_processes_cores": statistics.median(
+                l["other_processes_cores"] for l in steady),
+            f"{prefix}_blocks": laps}
+
+
+def generation_benchmark(case: Case, repeats: int = 3, max_images: int = 256,
+                         block_seconds: float = 1.0, num_workers: int | None = None) -> dict:
+    """Images/s of `case` on one core and on `num_workers` (default: all) cores.
+
+    Besides wall-clock rates it reports CPU milliseconds per image (this process and its
+    workers), which other processes on a shared machine do not change, and the
+    speed-up that these imply on an idle machine: workers x (CPU per image on one core)
+    / (CPU per image, workers and parent together, on all cores)."""
+    from deeplense_tf.simulation import parallel
+
+    workers = parallel.default_num_workers() if num_workers is None else num_workers
+    probe = _timed_blocks(case.recipe, 1, 1, 3)  # The first image pays for the set-up.
+    per_image = min(l["wall_s"] for l in probe[1:])
+    block = int(np.clip(round(block_seconds / per_image), 2, max(2, max_images)))
+    result = {"case": case.name, "instrument": case.instrument, "num_pix": case.recipe.num_pix,
+              "substructure": case.substructure, "config": case.config,
+              "images_per_block": block, "repeats": repeats,
+              **_summarize(_timed_blocks(case.recipe, 1, block, repeats + 1), block, "one_core")}
+    result["ms_per_image_one_core"] = 1e3 / result["one_core_images_per_s"]
+    if workers > 1:
+        block_all = block * workers
+        # At least four chunks per worker and block, so that the ordered results of
+        # Pool.imap arrive evenly enough to time blocks.
+        chunk = int(np.clip(block_all // (4 * workers), 1, 32))
+        laps = _timed_blocks(case.recipe, workers, block_all, repeats + 1, chunk_size=chunk)
+        result.update(num_workers=workers, chunk_size=chunk,
+                      **_summarize(laps, block_all, "all_cores"))
+        result.update(
+            worker_start_s=max(0.0, laps[0]["wall_s"] - statistics.median(
+                l["wall_s"] for l in laps[1:])),
+            speedup=result["all_cores_images_per_s"] / result["one_core_images_per_s"],
+            # None when the blocks were too short for the 10 ms CPU-time resolution.
+            idle_machine_speedup=workers * result["one_core_cpu_ms_per_image"]
+            / result["all_cores_cpu_ms_per_image"]
+            if result["all_cores_cpu_ms_per_image"] > 0 else None)
+    return result
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _data_bytes(builder) -> int:
+    return sum(os.path.getsize(p) for p in glob.glob(os.path.join(str(builder.data_path), "*.tfrecord*")))
+
+
+def timed_build(data_dir: str, sizes, num_workers=None, config: str = _BUILD_CONFIG) -> dict:
+    """Builds `config` with (train, validation, test) `sizes` into a fresh `data_dir`."""
+    from deeplense_tf import build_dataset
+
+    load = _load()
+    start = time.perf_counter()
+    builder = build_dataset.build(config, data_dir, train_size=sizes[0], validation_size=sizes[1],
+                                  test_size=sizes[2], num_workers=num_workers)
+    seconds = time.perf_counter() - start
+    images = int(sum(sizes))
+    return {"config": builder.info.config_name, "sizes": list(sizes), "images": images,
+            "seconds": seconds, "images_per_s": images / seconds,
+            "bytes_per_image": _data_bytes(builder) / images, "path": str(builder.data_path),
+            "load_average_before": load}
+
+
+def build_benchmark(work_dir: str, sizes, calibration_sizes=(64, 32, 32), num_workers=None,
+                    full: bool = False) -> dict:
+    """Times two builds and extrapolates linearly to FULL_SIZES (or builds them)."""
+    small = timed_build(os.path.join(work_dir, "calibration"), calibration_sizes, num_workers)
+    main = timed_build(os.path.join(work_dir, "main"), FULL_SIZES if full else sizes, num_workers)
+    result = {"calibration": small, "main": main}
+    full_images = sum(FULL_SIZES)
+    if main["images"] > small["images"]:
+        per_image = (main["seconds"] - small["seconds"]) / (main["images"] - small["images"])
+        fixed = small["seconds"] - per_image * small["images"]
+        result.update({
+            "fit_fixed_s": fixed, "fit_s_per_image": per_image,
+            "marginal_images_per_s": 1 / per_image if per_image > 0 else math.inf,
+            "extrapolated_full_s": fixed + per_image * full_images,
+            "proportional_full_s": main["seconds"] * full_images / main["images"]})
+    if full:
+        result["full_s"] = main["seconds"]
+    return result
+
+
+# Where a build's process spends its time: (label, file name suffix, function name);
+# each is a cumulative time of a function that the others do not call.
+_PROFILE_PARTS = (
+    ("waiting for simulation workers", "multiprocessing/pool.py", "next"),
+    ("simulating in process (num_workers=1)", "simulation/parallel.py", "_simulate_chunk"),
+    ("encoding features (incl. ZLIB)", "features/features_dict.py", "encode_example"),
+    ("serializing tf.train.Example", "core/example_serializer.py", "serialize_example"),
+    ("shuffler: hashing keys, buffering", "core/shuffle.py", "add"),
+    ("shuffling and writing shards", "core/writer.py", "finalize"),
+)
+
+
+def profile_build(work_dir: str, train_size: int, num_workers=None) -> dict:
+    """cProfile of a train-only build in this process: where the builder's time goes.
+    Worker processes are not profiled; their time shows as waiting for them."""
+    from deeplense_tf import build_dataset
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    try:
+        build_dataset.build(_BUILD_CONFIG, work_dir, train_size=train_size, validation_size=0,
+                            test_size=0, num_workers=num_workers)
+    finally:
+        profiler.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats
+    parts = {}
+    for label, suffix, function in _PROFILE_PARTS:
+        seconds = sum(value[3] for (filename, _, name), value in stats.items()
+                      if filename.endswith(suffix) and name == function)
+        if seconds:
+            parts[label] = seconds
+    parts["other (set-up, progress bars, metadata)"] = max(0.0, total - sum(parts.values()))
+    return {"train_size": train_size, "seconds": total, "parts_s": parts,
+            "note": "times under cProfile (Python-heavy parts run slower than without it)"}
+
+
+def main_process_cost(num_examples: int = 64, repeats: int = 5) -> dict:
+    """Milliseconds per example that the builder's own process spends on encoding and
+    serializing (no profiler): with W workers on W cores it competes with them."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import example_serializer
+
+    from deeplense_tf.simulation import parallel, recipes
+
+    builder = tfds.builder(f"deeplense_lensing/{_BUILD_CONFIG}")
+    features = builder.info.features
+    serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+    recipe = recipes.get(_BUILD_CONFIG)
+    examples = [{"image": lens.image[..., None], "substructure": lens.substructure,
+                 "params": {k: np.float32(v) for k, v in lens.params.items()},
+                 **{t: np.float32(lens.params[t]) for t in recipe.targets}}
+                for _, lens in parallel.simulate_split(recipe, 0, 0, num_examples, num_workers=1)]
+    timings = {"encode": [], "serialize": []}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoded = [features.encode_example(ex) for ex in examples]
+        middle = time.perf_counter()
+        for ex in encoded:
+            serializer.serialize_example(ex)
+        end = time.perf_counter()
+        timings["encode"].append((middle - start) / num_examples)
+        timings["serialize"].append((end - middle) / num_examples)
+    return {f"{k}_ms_per_example": 1e3 * statistics.median(v) for k, v in timings.items()}
+
+
+# --------------------------------------------------------------------------- read-back
+
+
+def _raw_pipelines(files, features, target, batch_size):
+    """TFRecord bytes only, and one parse_example per batch followed by ZLIB inflate."""
+    import tensorflow as tf
+
+    shape = features["image"].shape
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            target: tf.io.FixedLenFeature([], tf.float32)}
+    with_params = dict(spec, **{f"params/{name}": tf.io.FixedLenFeature([], tf.float32)
+                                for name in features["params"]})
+
+    def parse(keys):
+        def fn(serialized):
+            parsed = tf.io.parse_example(serialized, keys)
+            raw = tf.io.decode_compressed(parsed.pop("image"), compression_type="ZLIB")
+            parsed["image"] = tf.reshape(tf.io.decode_raw(raw, tf.float32), (-1, *shape))
+            return parsed
+        return fn
+
+    def records():
+        return tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).batch(batch_size)
+
+    return {
+        "raw TFRecord bytes (no parsing)": records(),
+        "batched parse_example + ZLIB, image + target":
+            records().map(parse(spec), num_parallel_calls=tf.data.AUTOTUNE),
+        "batched parse_example + ZLIB, all features":
+            records().map(parse(with_params), num_parallel_calls=tf.data.AUTOTUNE),
+    }
+
+
+def read_benchmark(dataset_dir: str, split: str = "train", batch_size: int = 256,
+                   repeats: int = 3) -> dict:
+    """Images/s through tf.data over `split` of the prepared data set in `dataset_dir`
+    (DIR/deeplense_lensing/CONFIG/VERSION), after one warm-up pass (file cache)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(dataset_dir)
+    features = builder.info.features
+    target = builder.info.supervised_keys[1]
+    config = tfds.ReadConfig(try_autocache=False)  # Cached epochs would measure memory.
+
+    def tfds_pipeline(decoders=None):
+        return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                                  read_config=config).batch(batch_size)
+
+    pipelines = {
+        "tfds as_dataset, all features": tfds_pipeline(),
+        "tfds as_dataset, image + target (no params)": tfds_pipeline(
+            tfds.decode.PartialDecoding({"image": True, target: True})),
+        "tfds as_dataset, image not inflated (SkipDecoding)": tfds_pipeline(
+            {"image": tfds.decode.SkipDecoding()}),
+    }
+    files = sorted(glob.glob(os.path.join(dataset_dir, f"*-{split}.tfrecord-*")))
+    pipelines.update(_raw_pipelines(files, features, target, batch_size))
+    expected = builder.info.splits[split].num_examples
+    results = {}
+    for name, ds in pipelines.items():
+        ds = ds.prefetch(tf.data.AUTOTUNE)
+        seconds = []
+        for _ in range(repeats + 1):
+            start, count = time.perf_counter(), 0
+            for batch in ds:
+                first = batch if isinstance(batch, tf.Tensor) else batch["image"]
+                count += int(first.shape[0])
+            seconds.append(time.perf_counter() - start)
+        if count != expected:
+            raise AssertionError(f"{name}: read {count} examples, the split has {expected}")
+        results[name] = {"images_per_s": count / statistics.median(seconds[1:]),
+                         "pass_s": seconds[1:]}
+    return {"split": split, "images": expected, "batch_size": batch_size,
+            "load_average_before": _load(), "pipelines": results}
+
+
+# --------------------------------------------------------------------------- report
+
+
+_GENERATION_HEADER = ("| instrument | px | class | config | images/s, 1 core | CPU ms/image, 1 core "
+                      "| images/s, {workers} cores | CPU ms/image, {workers} cores | speed-up "
+                      "(others: cores) | idle-machine speed-up |")
+
+
+def _generation_row(r: dict) -> str:
+    row = (f"| {r['instrument']} | {r['num_pix']} | {r['substructure']} | {r['config'] or '-'} | "
+           f"{r['one_core_images_per_s']:.0f} | {r['one_core_cpu_ms_per_image']:.1f} | ")
+    if "speedup" not in r:
+        return row + "- | - | - | - |"
+    others = max(r["one_core_other_processes_cores"], r["all_cores_other_processes_cores"])
+    return row + (f"{r['all_cores_images_per_s']:.0f} | {r['all_cores_cpu_ms_per_image']:.1f} | "
+                  f"{r['speedup']:.2f}x ({others:.1f}) | "
+                  + (f"{r['idle_machine_speedup']:.2f}x |" if r["idle_machine_speedup"] else "- |"))
+
+
+def markdown(results: dict) -> str:
+    """The tables of `results` as markdown."""
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; TensorFlow {m['tensorflow']}, "
+             f"lenstronomy {m['lenstronomy']}; load average before "
+             f"{m['load_average_1_5_15_min'][0]}.", ""]
+    if results.get("generation"):
+        workers = next((r["num_workers"] for r in results["generation"] if "num_workers" in r), 1)
+        lines += [_GENERATION_HEADER.format(workers=workers), "|---" * 10 + "|"]
+        lines += [_generation_row(r) for r in results["generation"]]
+        lines += ["", "CPU ms: CPU time per image of this process and its workers; others: "
+                  "cores busy with other processes during the timing (median); idle-machine "
+                  "speed-up: workers x CPU per image on one core / CPU per image on all.", ""]
+    build = results.get("build")
+    if build:
+        main = build["main"]
+        lines += [f"Build of `{main['config']}` ({main['images']} images) end to end: "
+                  f"{main['seconds']:.1f} s, {main['images_per_s']:.0f} images/s, "
+                  f"{main['bytes_per_image'] / 1024:.1f} KiB/image on disk."]
+        if "extrapolated_full_s" in build:
+            lines.append(f"Fit time = {build['fit_fixed_s']:.1f} s + images / "
+                         f"{build['marginal_images_per_s']:.0f} per s: 30k/5k/5k in "
+                         f"{build['extrapolated_full_s'] / 60:.1f} min (proportional: "
+                         f"{build['proportional_full_s'] / 60:.1f} min).")
+        if "full_s" in build:
+            lines.append(f"Full 30k/5k/5k build: {build['full_s'] / 60:.1f} min.")
+        lines.append("")
+    if results.get("main_process"):
+        mp = results["main_process"]
+        lines += [f"Builder process per example: encode {mp['encode_ms_per_example']:.2f} ms, "
+                  f"serialize {mp['serialize_ms_per_example']:.2f} ms.", ""]
+    if results.get("profile"):
+        p = results["profile"]
+        lines += [f"Where a {p['train_size']}-image build's process spends {p['seconds']:.1f} s "
+                  "(cProfile):", "", "| part | s | share |", "|---|---|---|"]
+        for label, seconds in p["parts_s"].items():
+            lines.append(f"| {label} | {seconds:.1f} | {100 * seconds / p['seconds']:.0f}% |")
+        lines.append("")
+    if results.get("read"):
+        r = results["read"]
+        lines += [f"Read-back of {r['images']} images ({r['split']}), batch {r['batch_size']}:",
+                  "", "| pipeline | images/s |", "|---|---|"]
+        for name, v in r["pipelines"].items():
+            lines.append(f"| {name} | {v['images_per_s']:,.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(output: str | None = None, *, images: int = 256, repeats: int = 3,
+        block_seconds: float = 1.0, case_names=None, num_workers: int | None = None,
+        build_sizes=(6_000, 1_000, 1_000), calibration_sizes=(64, 32, 32), full_build=False,
+        skip_build=False, profile_train_size: int = 2_000, read_dir: str | None = None,
+        work_dir: str | None = None) -> dict:
+    """Runs the benchmarks; writes JSON to `output` if given; returns the results."""
+    results = {"machine": machine(), "command": " ".join(sys.argv), "generation": []}
+    selected = cases()
+    if case_names:
+        known = {c.name: c for c in selected}
+        unknown = [n for n in case_names if n not in known]
+        if unknown:
+            raise ValueError(f"--cases: unknown {unknown}; expected some of {sorted(known)}")
+        selected = [known[n] for n in case_names]
+    for case in selected:
+        results["generation"].append(generation_benchmark(
+            case, repeats=repeats, max_images=images, block_seconds=block_seconds,
+            num_workers=num_workers))
+        print(_generation_row(results["generation"][-1]), flush=True)
+    scratch = work_dir or tempfile.mkdtemp(prefix="deeplense_benchmark_")
+    try:
+        if not skip_build:
+            results["build"] = build_benchmark(scratch, build_sizes, calibration_sizes,
+                                               num_workers, full=full_build)
+            results["main_process"] = main_process_cost()
+            if profile_train_size:
+                results["profile"] = profile_build(os.path.join(scratch, "profile"),
+                                                   profile_train_size, num_workers)
+        read_from = read_dir or (results["build"]["main"]["path"] if "build" in results else None)
+        if read_from:
+            results["read"] = read_benchmark(read_from, repeats=repeats)
+    finally:
+        if work_dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    results["machine"]["load_average_after"] = _load()
+    if output:
+        with open(output, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def _define_flags():
+    """Defined only when run as a program, so that importing this module beside
+    build_dataset (which defines its own flags) stays possible."""
+    flags.DEFINE_string("output", None, "Write the results as JSON here.")
+    flags.DEFINE_integer("images", 256, "Most images per timed block (one block lasts about "
+                         "--block_seconds).")
+    flags.DEFINE_integer("repeats", 3, "Timed blocks (and read passes) per measurement; the "
+                         "median is reported.")
+    flags.DEFINE_float("block_seconds", 1.0, "Target duration of one timed block.")
+    flags.DEFINE_list("cases", None, "Generation cases, e.g. euclid/axion_vortex (default: all).")
+    # Not --num_workers: build_dataset, imported later, defines that flag.
+    flags.DEFINE_integer("workers", None, "Worker processes for 'all cores' (default: all).")
+    flags.DEFINE_integer("build_train_size", 6_000, "Train images of the timed euclid_axion build.")
+    flags.DEFINE_integer("build_validation_size", 1_000, "Validation images of the timed build.")
+    flags.DEFINE_integer("build_test_size", 1_000, "Test images of the timed build.")
+    flags.DEFINE_bool("full_build", False, "Build the full 30,000/5,000/5,000 set (minutes).")
+    flags.DEFINE_bool("skip_build", False, "Only the generation (and --read_dir) benchmarks.")
+    flags.DEFINE_integer("profile_train_size", 2_000, "Train images of the profiled build "
+                         "(0: no profile).")
+    flags.DEFINE_string("read_dir", None, "Read back this prepared data set (DIR/deeplense_"
+                        "lensing/CONFIG/VERSION) instead of the timed build.")
+    flags.DEFINE_string("work_dir", None, "Keep the built data sets here (default: a temporary "
+                        "folder, removed afterwards).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    results = run(f.output, images=f.images, repeats=f.repeats, block_seconds=f.block_seconds,
+                  case_names=f.cases, num_workers=f.workers,
+                  build_sizes=(f.build_train_size, f.build_validation_size, f.build_test_size),
+                  full_build=f.full_build, skip_build=f.skip_build,
+                  profile_train_size=f.profile_train_size, read_dir=f.read_dir,
+                  work_dir=f.work_dir)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
