@@ -1,5 +1,17 @@
-"""Shared pytest configuration: quiet TensorFlow, fixed CPU threading."""
+"""Shared pytest configuration and fixtures."""
 
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """DIR holding deeplense_lensing/euclid_axion_tiny (24 train, 8 validation, 8 test)."""
+    from deeplense_tf import build_dataset
+
+    data_dir = tmp_path_factory.mktemp("data")
+    build_dataset.build("euclid_axion_tiny", str(data_dir), num_workers=1)
+    return str(data_dir)
