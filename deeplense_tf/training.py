@@ -205,6 +205,16 @@ def loss_per_example(loss: str, model, labels, outputs, huber_delta: float = 1.0
     return tf.add_n(terms) / len(terms)
 
 
+def machine() -> str:
+    """The hardware a run used, in words (for model cards and benchmarks)."""
+    import platform
+
+    gpus = tf.config.list_physical_devices("GPU")
+    accel = f", {len(gpus)} GPU(s)" if gpus else ", no GPU"
+    return (f"{platform.machine()} CPU, {os.cpu_count()} logical cores{accel}; "
+            f"TensorFlow {tf.__version__}")
+
+
 def _atomic_save_model(model, path: str):
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".tmp-")
@@ -359,9 +369,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
         step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
         best_loss = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_loss")
         best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
+        # Wall time spent training, summed over restarts (for model cards).
+        train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var,
                                      step_in_epoch=step_in_epoch, best_loss=best_loss,
-                                     best_epoch=best_epoch)
+                                     best_epoch=best_epoch, train_seconds=train_seconds)
     # Only the chief keeps checkpoints; other workers must take part in saving (it is a
     # collective operation) and write to a scratch directory that they delete.
     ckpt_dir = os.path.join(workdir, "checkpoints") if is_chief else tempfile.mkdtemp()
@@ -396,7 +408,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
 
     predict_fn = tf.function(lambda x: model(x, training=False), jit_compile=jit)
 
+    session_start = [time.perf_counter()]
+
     def save_checkpoint(epoch, step):
+        now = time.perf_counter()
+        train_seconds.assign_add(now - session_start[0])
+        session_start[0] = now
         epoch_var.assign(epoch)
         step_in_epoch.assign(step)
         manager.save(checkpoint_number=int(optimizer.iterations.numpy()))
@@ -479,7 +496,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
     summary = {"completed": True, "steps": step, "epochs": epochs,
                "best_epoch": int(best_epoch.numpy()), "best_validation_loss": float(best_loss.numpy()),
                "strategy": config.strategy, "replicas": replicas, "jit_compile": jit,
-               "precision": precision, "steps_per_epoch": steps_per_epoch}
+               "precision": precision, "steps_per_epoch": steps_per_epoch,
+               "train_seconds": round(float(train_seconds.numpy()), 1), "machine": machine()}
     if is_chief:
         best_path = os.path.join(workdir, "best.keras")
         final_path = os.path.join(workdir, "model.keras")
