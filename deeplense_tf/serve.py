@@ -19,6 +19,7 @@ replays each version's warm-up records before serving it, binds 127.0.0.1 unless
 otherwise, refuses bodies over ``--max_body_bytes`` and serves concurrent clients
 (a thread per connection, HTTP/1.1 keep-alive). ``--rest_api_port=0`` binds a free
 port, printed at start. Only the standard library and TensorFlow: no web framework.
+``--grpc_port`` adds TF Serving's gRPC ``PredictionService/Predict`` (``serving_grpc``).
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ class ModelServer:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         idle_timeout_s: float = 120.0,
         log_requests: bool = False,
+        grpc_port: int | None = None,
     ):
         self.repositories: Mapping[str, ModelRepository] = {r.model_name: r for r in repositories}
         self.max_body_bytes = max_body_bytes
@@ -212,6 +214,13 @@ class ModelServer:
         self._httpd.model_server = self
         self._poller = RepositoryPoller(list(self.repositories.values()), poll_interval_s)
         self._thread: threading.Thread | None = None
+        self._grpc_server, self.grpc_port = None, None
+        if grpc_port is not None:
+            from deeplense_tf.serving_grpc import start_grpc_server
+
+            self._grpc_server, self.grpc_port = start_grpc_server(
+                lambda name: self._repository(name, "predict"), host, grpc_port, max_body_bytes
+            )
 
     @property
     def port(self) -> int:
@@ -235,6 +244,8 @@ class ModelServer:
 
     def shutdown(self) -> None:
         self._poller.stop()
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace=1.0).wait()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -308,6 +319,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("version_labels", [], "LABEL=VERSION pairs for /labels/LABEL routes (with --model_base_path).")
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 exposes the endpoint to the network.")
     flags.DEFINE_integer("rest_api_port", 8501, "Port of the REST API; 0 picks a free port (printed at start).")
+    flags.DEFINE_integer("grpc_port", None, "Also serve gRPC PredictionService/Predict on this port (TF Serving: 8500).")
     flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "Seconds between polls for new versions; 0 to poll only at start.")
     flags.DEFINE_boolean("enable_model_warmup", True, "Replay assets.extra/tf_serving_warmup_requests before serving a version.")
     flags.DEFINE_integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, "Largest request body accepted (larger ones get 413).")
@@ -342,11 +354,14 @@ def main(argv: Sequence[str]) -> None:
         poll_interval_s=FLAGS.file_system_poll_wait_seconds,
         max_body_bytes=FLAGS.max_body_bytes,
         log_requests=FLAGS.log_requests,
+        grpc_port=FLAGS.grpc_port,
     )
     # SIGTERM (docker stop, kill) ends the loop like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     names = ", ".join(sorted(server.repositories))
-    print(f"Serving {names} at {server.url} (REST, TF Serving protocol; ready in {time.monotonic() - started:.1f} s)", flush=True)
+    grpc_note = f", gRPC Predict on port {server.grpc_port}" if server.grpc_port else ""
+    print(f"Serving {names} at {server.url} (REST, TF Serving protocol{grpc_note}; "
+          f"ready in {time.monotonic() - started:.1f} s)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -238,7 +238,8 @@ def _format_shape(shape) -> str:
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
-def _check_against_spec(name: str, array: np.ndarray, spec: InputSpec, signature: str) -> None:
+def check_input(name: str, array: np.ndarray, spec: InputSpec, signature: str) -> None:
+    """Refuses an input whose batch is empty, shape disagrees with the signature or values are not finite."""
     if array.ndim and array.shape[0] == 0:
         raise InvalidArgument(f"input '{name}' has an empty batch (shape {_format_shape(array.shape)})")
     if array.ndim != len(spec.shape) or any(d is not None and d != a for d, a in zip(spec.shape, array.shape)):
@@ -472,7 +473,7 @@ def _parse_predict_request(body: bytes, input_specs) -> PredictRequest:
         else:
             inputs = {names[0]: _to_array(value, specs[names[0]].dtype, may_hold_bools)}
     for name, array in inputs.items():
-        _check_against_spec(name, array, specs[name], shown_name)
+        check_input(name, array, specs[name], shown_name)
     batch_sizes = {array.shape[0] for array in inputs.values() if array.ndim}
     if len(batch_sizes) > 1:
         raise InvalidArgument(f"inputs have different batch sizes: {sorted(batch_sizes)}")
