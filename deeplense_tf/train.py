@@ -3,8 +3,8 @@ r"""Trains a regressor on a prepared `deeplense_lensing` data set.
   python -m deeplense_tf.train --flagfile=configs/smoke.cfg --workdir=DIR [--flag=value ...]
 
 Flags given after --flagfile override it. The resolved flags are written to
-DIR/flags.cfg, so `python -m deeplense_tf.train --flagfile=DIR/flags.cfg` replays the
-run. Running the same command again resumes an interrupted run. A misspelled flag,
+DIR/flags.cfg, so `python -m deeplense_tf.train --flagfile=DIR/flags.cfg --workdir=NEW`
+replays the run. Running the same command again resumes an interrupted run. A misspelled flag,
 in a flagfile or on the command line, stops at once.
 """
 
@@ -88,24 +88,10 @@ def config_from_flags() -> training.TrainConfig:
     return training.TrainConfig(**values).validate()
 
 
-def write_flagfile(path: str) -> None:
-    """The resolved flags, replayable with --flagfile."""
-    lines = ["# Resolved flags of this run; replay with:",
-             "#   python -m deeplense_tf.train --flagfile=<this file>"]
-    for name in ["workdir"] + _CONFIG_FLAGS:
-        lines.append(FLAGS[name].serialize())
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = config_from_flags()
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    write_flagfile(os.path.join(FLAGS.workdir, "flags.cfg"))
     summary = training.train_and_evaluate(config, FLAGS.workdir)
     print(f"Best validation loss {summary['best_validation_loss']:.4f} at epoch "
           f"{summary['best_epoch']}; model: {os.path.join(FLAGS.workdir, 'model.keras')}; "

@@ -113,12 +113,11 @@ class TrainConfig:
         return "gaussian" if self.loss == "gaussian_nll" else "point"
 
 
-def command_line(config: TrainConfig, workdir: str) -> str:
-    """The `python -m deeplense_tf.train ...` command that runs `config` (non-default flags)."""
+def _flag_items(config: TrainConfig, only_changed: bool = False):
+    """(flag name, value as the command line spells it) for each field of `config`."""
     defaults = dataclasses.asdict(TrainConfig(data_dir="", dataset="", targets=[]))
-    parts = ["python -m deeplense_tf.train", f"--workdir={workdir}"]
     for name, value in dataclasses.asdict(config).items():
-        if value == defaults[name] and name not in ("data_dir", "dataset"):
+        if only_changed and value == defaults[name] and name not in ("data_dir", "dataset"):
             continue
         if isinstance(value, list):
             value = ",".join(map(str, value))
@@ -126,8 +125,24 @@ def command_line(config: TrainConfig, workdir: str) -> str:
             value = ",".join(f"{k}={v}" for k, v in value.items())
         elif isinstance(value, bool):
             value = str(value).lower()
-        parts.append(f"--{name}={value}")
-    return " ".join(parts)
+        yield name, value
+
+
+def command_line(config: TrainConfig, workdir: str) -> str:
+    """The `python -m deeplense_tf.train ...` command that runs `config` (non-default flags)."""
+    return " ".join(["python -m deeplense_tf.train", f"--workdir={workdir}"] +
+                    [f"--{k}={v}" for k, v in _flag_items(config, only_changed=True)])
+
+
+def write_flagfile(config: TrainConfig, workdir: str) -> None:
+    """`workdir/flags.cfg`: every flag of the run, replayable with --flagfile."""
+    lines = ["# Resolved flags of this run; replay with:",
+             "#   python -m deeplense_tf.train --flagfile=flags.cfg --workdir=DIR",
+             *[f"--{k}={v}" for k, v in _flag_items(config)]]
+    path = os.path.join(workdir, "flags.cfg")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -336,6 +351,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
                                        seed=config.seed, cache=cache)
     pipeline.num_examples("validation")
     _check_restart(config, workdir, is_chief)
+    if is_chief:
+        write_flagfile(config, workdir)
     train_split = config.train_split
     n_train = pipeline.num_examples(train_split)
     if config.train_examples > n_train:

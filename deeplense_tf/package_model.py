@@ -1,0 +1,187 @@
+r"""Packages a trained and evaluated run as a pre-trained model with a model card.
+
+  python -m deeplense_tf.package_model --workdir=RUN --evaluation=EVAL --name=NAME
+
+reads RUN (config.json, flags.cfg, summary.json, model.keras) and EVAL (metrics.json
+from `python -m deeplense_tf.evaluate` on the test split), and writes NAME.keras (the
+weights once, no optimizer), NAME.json (metadata) and NAME.md (the model card) into
+`deeplense_tf/pretrained/` (or --output_dir). Every number on the card comes from those
+files: nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from absl import app, flags
+
+MAX_BYTES = 20 * 1024 * 1024
+PLATEAU_NOTE = {
+    "log10_m_axion": (
+        "Above log10 m_a of about -22.6 the vortex is shorter than ~1.5 Euclid pixels and "
+        "the image carries almost no information about m_a (Delta chi^2 < 5 against the "
+        "m_a -> infinity limit; see the project's PHYSICS notes): predictions flatten there "
+        "and the predicted sigma widens. The binned table shows where."),
+}
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: train and evaluate the run first")
+    with open(path) as f:
+        return json.load(f)
+
+
+def package(workdir: str, evaluation: str, name: str, output_dir: str | None = None) -> dict:
+    import keras
+
+    import deeplense_tf.models  # noqa: F401
+    from deeplense_tf import input_pipeline, models
+    from deeplense_tf.simulation import instruments, recipes
+
+    output_dir = output_dir or os.path.dirname(os.path.abspath(__import__(
+        "deeplense_tf.pretrained", fromlist=["_"]).__file__))
+    config = _read_json(os.path.join(workdir, "config.json"))
+    summary = _read_json(os.path.join(workdir, "summary.json"))
+    metrics = _read_json(os.path.join(evaluation, "metrics.json"))
+    if not summary.get("completed"):
+        raise ValueError(f"{workdir}: training has not completed")
+    if metrics["split"] != "test":
+        raise ValueError(f"{evaluation}: evaluated on {metrics['split']!r}; model cards quote "
+                         "the test split")
+    if metrics["dataset"].split(":")[0] != config["dataset"].split(":")[0]:
+        raise ValueError(f"{evaluation} evaluates {metrics['dataset']}, the run trained on "
+                         f"{config['dataset']}")
+    with open(os.path.join(workdir, "flags.cfg")) as f:
+        # The card names no local paths: the data directory is the reader's own.
+        flagfile = "\n".join(line for line in f.read().splitlines()
+                             if line.startswith("--") and not line.startswith("--data_dir="))
+    model = keras.saving.load_model(os.path.join(workdir, "model.keras"), compile=False)
+    config_name = config["dataset"].split("/")[1].split(":")[0]
+    recipe = recipes.get(config_name.split("__")[0])
+    instrument = instruments.get(recipe.instrument)
+    data_path = input_pipeline.dataset_path(config["data_dir"], config["dataset"])
+    cost = models.count_params_and_flops(model)
+
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=output_dir, prefix=".tmp-")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        size = os.path.getsize(tmp)
+        if size > MAX_BYTES:
+            raise ValueError(f"{name}: {size / 2**20:.1f} MB exceeds the 20 MB limit of shipped models")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(output_dir, f"{name}.keras"))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+    meta = {
+        "name": name,
+        "targets": models.target_names(model),
+        "head": config["loss"] == "gaussian_nll" and "gaussian" or "point",
+        "image_shape": list(model.input_shape[1:]),
+        "instrument": instrument.name,
+        "instrument_description": instrument.description,
+        "pixel_scale_arcsec": instrument.pixel_scale_arcsec,
+        "dataset": config["dataset"],
+        "dataset_version": data_path.name,
+        "recipe": recipe.description,
+        "model": config["model"], "variant": config["variant"] or models.default_variant(config["model"]),
+        "model_overrides": config["model_overrides"], "normalization": config["normalization"],
+        "parameters": cost.params, "flops_per_image": cost.flops_per_image,
+        "size_mb": round(size / 2**20, 2),
+        "train_seconds": summary.get("train_seconds"), "machine": summary.get("machine"),
+        "steps": summary["steps"], "best_epoch": summary["best_epoch"],
+        "test": {t: {"model": r["model"], "constant_baseline": r["constant_baseline"],
+                     **({"gaussian": {k: v for k, v in r["gaussian"].items() if k != "calibration"}}
+                        if "gaussian" in r else {}),
+                     **({"tta": r["tta"]["model"]} if "tta" in r else {})}
+                 for t, r in metrics["targets"].items()},
+        "num_test_examples": metrics["num_examples"],
+    }
+    with open(os.path.join(output_dir, f"{name}.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    with open(os.path.join(output_dir, f"{name}.md"), "w") as f:
+        f.write(model_card(meta, flagfile, metrics))
+    return meta
+
+
+def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
+    hours = (meta["train_seconds"] or 0) / 3600
+    lines = [
+        f"# Model card: `{meta['name']}`", "",
+        f"{meta['model']} ({meta['variant']}, overrides {meta['model_overrides'] or 'none'}) "
+        f"regressing {', '.join(meta['targets'])} with a {meta['head']} head "
+        f"({meta['parameters']:,} parameters, {meta['flops_per_image'] / 1e9:.2f} GFLOPs per "
+        f"image, {meta['size_mb']} MB).", "",
+        "## Data", "",
+        f"- Data set: `{meta['dataset']}`, version {meta['dataset_version']}: {meta['recipe']}",
+        f"- Instrument: {meta['instrument']} — {meta['instrument_description']} Input: raw "
+        f"{meta['image_shape'][0]}x{meta['image_shape'][1]} images in the simulation's units; "
+        f"image normalization ({meta['normalization']}) and target scaling are inside the model.",
+        "", "## Training", "",
+        f"- {meta['steps']} steps, best validation loss at epoch {meta['best_epoch']} (the "
+        f"weights shipped), {hours:.2f} h on {meta['machine']}.",
+        "- Flags (replay with `python -m deeplense_tf.train --flagfile=<this block> "
+        "--data_dir=DATA --workdir=RUN`):", "", "```", flagfile.strip(), "```", "",
+        f"## Test metrics ({meta['num_test_examples']} examples, the whole test split)", "",
+        "| target | predictor | MAE | RMSE | R^2 | bias |", "|---|---|---|---|---|---|"]
+    for target, r in meta["test"].items():
+        for label, m in (("model", r["model"]), ("model + dihedral TTA", r.get("tta")),
+                         ("constant (training mean)", r["constant_baseline"])):
+            if m:
+                lines.append(f"| {target} | {label} | {m['mae']:.4f} | {m['rmse']:.4f} | "
+                             f"{m['r2']:.3f} | {m['bias']:+.4f} |")
+    lines.append("")
+    for target, r in meta["test"].items():
+        if "gaussian" in r:
+            g = r["gaussian"]
+            lines += [f"Uncertainty ({target}): 68% interval coverage {g['coverage_68']:.3f}, "
+                      f"95% coverage {g['coverage_95']:.3f}, mean NLL {g['nll']:.3f}; the model is "
+                      f"{g['verdict']}.", ""]
+    lines += ["Error across the target range (test split):", "",
+              "| true value bin | count | MAE | constant MAE | median prediction | 68% coverage |",
+              "|---|---|---|---|---|---|"]
+    for target, r in metrics["targets"].items():
+        for b in r["binned"]:
+            if b["count"]:
+                lines.append(f"| {target} [{b['low']:.2f}, {b['high']:.2f}) | {b['count']} | "
+                             f"{b['mae']:.3f} | {b['constant_mae']:.3f} | "
+                             f"{b['median_prediction']:.3f} | {b.get('coverage_68', float('nan')):.2f} |")
+    lines += ["", "## Known limits", ""]
+    for target in meta["targets"]:
+        if target in PLATEAU_NOTE:
+            lines.append(f"- {PLATEAU_NOTE[target]}")
+    lines += [
+        "- Trained on simulations only (Sersic sources, SIE + shear lenses, a DeepLense vortex): "
+        "real lenses with complex sources, lens light or other substructure are out of "
+        "distribution.",
+        f"- Only for {meta['instrument']} images of exactly this size, pixel scale and units.",
+        "", f"Use: `deeplense_tf.pretrained.predict({meta['name']!r}, images)`.", ""]
+    return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
+    flags.DEFINE_string("evaluation", None, "Evaluation output directory (test split).",
+                        required=True)
+    flags.DEFINE_string("name", None, "Name of the shipped model.", required=True)
+    flags.DEFINE_string("output_dir", None, "Default: the package's pretrained/ folder.")
+
+
+def main(argv):
+    del argv
+    meta = package(FLAGS.workdir, FLAGS.evaluation, FLAGS.name, FLAGS.output_dir)
+    print(json.dumps({k: meta[k] for k in ("name", "size_mb", "test")}, indent=2))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
