@@ -227,7 +227,8 @@ def main(argv: list[str]) -> None:
     elif len(command) == 2 and command[0] == "predict":
         images = load_images(command[1])
         outputs = predict(FLAGS.server, FLAGS.model_name, images, FLAGS.version, FLAGS.signature_name, FLAGS.label)
-        result = {name: value.tolist() for name, value in outputs.items()}
+        # float32 values in their shortest decimal form (tolist() would show float64 noise)
+        result = {name: [float(str(v)) for v in value.ravel()] for name, value in outputs.items()}
     else:
         raise app.UsageError("commands: status | metadata | predict IMAGES (.npy, or a .json request body)")
     print(json.dumps(result, indent=2))

@@ -131,6 +131,7 @@ def run_benchmark(
 
     from deeplense_tf.serving_repository import ModelRepository
 
+    load_before = os.getloadavg()[0]
     repository = ModelRepository(model_name, model_base_path, warm_up=False)
     repository.poll()
     servable = repository.get()
@@ -171,6 +172,8 @@ def run_benchmark(
 
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+        # Other work on the machine skews every number: 1-minute load, before and after.
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "tensorflow_version": tf.__version__,
         "model_base_path": os.path.basename(os.path.normpath(model_base_path)),
         "model_version": servable.version,
@@ -196,6 +199,11 @@ def markdown_table(results: dict) -> str:
     lines.append(f"REST p50 - in-process p50 at batch 1, one client: {overhead:.2f} ms (target: at most 2 ms)")
     parts = ", ".join(f"{k[:-3].replace('_', ' ')} {v:.2f}" for k, v in results["breakdown_batch1"].items())
     lines.append(f"One batch-1 REST request, medians in ms: {parts}")
+    machine = results["machine"]
+    lines.append(
+        f"Machine: {machine['cpu_count']} CPUs, {machine['platform']}; load average "
+        f"{results['load_average'][0]} before, {results['load_average'][1]} after"
+    )
     return "\n".join(lines)
 
 
