@@ -280,26 +280,29 @@ def _bin_variable(class_name, params):
 
 
 def departure(examples: Examples, class_names, config_name: str, num_samples: int,
-              seed: int = 0, num_bins: int = 8) -> dict:
+              seed: int = 0, num_bins: int = 8) -> tuple[dict, dict]:
     """Delta chi^2 (in units of the noise variance) between each sampled image, rendered
     noiseless from its stored parameters, and its no-substructure twin; for the axion
     also against its m_a -> infinity limit (the vortex mass at the centre).
 
     The rendering is checked against the stored noisy image: `reproduction_chi2_per_pixel`
     is ~1 when the stored realization is reproduced exactly (axion: rendered from the
-    stored geometry; no_sub), larger for redrawn CDM/FDM realizations."""
+    stored geometry; no_sub), larger for redrawn CDM/FDM realizations.
+
+    Returns the results (JSON-ready) and, per sampled example index, its residual maps
+    (rendered minus twin, in noise standard deviations) for `residual_figure`."""
     from deeplense_tf.simulation import substructure
     from deeplense_tf.simulation.simulator import LensSimulator
 
     recipe = _recipe_for(config_name)
     if recipe is None or not examples.params:
-        return {"skipped": f"{config_name}: no simulation recipe or stored parameters"}
+        return {"skipped": f"{config_name}: no simulation recipe or stored parameters"}, {}
     candidates = np.flatnonzero(np.array([class_names[l] != "no_sub" for l in examples.labels]))
     if candidates.size == 0:
-        return {"skipped": "no example with substructure"}
+        return {"skipped": "no example with substructure"}, {}
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(candidates, size=min(num_samples, candidates.size), replace=False))
-    rows = []
+    rows, residuals = [], {}
     for k, i in enumerate(chosen):
         p = {name: float(v[i]) for name, v in examples.params.items()}
         name = class_names[examples.labels[i]]
@@ -314,6 +317,8 @@ def departure(examples: Examples, class_names, config_name: str, num_samples: in
                                 supersampling=int(p["supersampling"]), noise=False)
             rendered[twin] = sim.simulate(np.random.default_rng([seed, k])).image.astype(np.float64)
         variance = sim.noise_variance(rendered["no_sub"], p["exposure_time"])
+        residuals[int(i)] = {twin: ((rendered["stored"] - image) / np.sqrt(variance)).astype(np.float32)
+                             for twin, image in rendered.items() if twin != "stored"}
         stored = examples.images[i].astype(np.float64) if examples.images is not None else None
         row = {"index": int(i), "class": name,
                "delta_chi2_vs_no_sub": float(((rendered["stored"] - rendered["no_sub"]) ** 2
@@ -332,7 +337,7 @@ def departure(examples: Examples, class_names, config_name: str, num_samples: in
         rows.append(row)
     return {"samples": rows, "per_class": _bin_departure(rows, num_bins),
             "units": "Delta chi^2 summed over pixels, in units of the per-pixel noise variance "
-                     "of the no-substructure image (background + Poisson)"}
+                     "of the no-substructure image (background + Poisson)"}, residuals
 
 
 def _bin_departure(rows, num_bins):
@@ -384,7 +389,7 @@ def _stretch(images, sigma):
 
 
 def _save(fig, output_dir, name):
-    """Saves a small PNG: 80 dpi, quantized to a 256-colour palette (noise pixels make
+    """Saves a small PNG: 80 dpi, quantized to a 64-colour palette (noise pixels make
     true-colour PNGs of image grids large)."""
     from PIL import Image
 
@@ -392,7 +397,7 @@ def _save(fig, output_dir, name):
     fig.savefig(path, dpi=80, bbox_inches="tight")
     _pyplot().close(fig)
     with Image.open(path) as image:
-        palette = image.convert("RGB").quantize(colors=256)
+        palette = image.convert("RGB").quantize(colors=64)
     palette.save(path, optimize=True)
     return name
 
@@ -531,7 +536,7 @@ def mean_images(output_dir, ex: Examples, class_names, sigma):
 
 def parameter_histograms(output_dir, ex: Examples, class_names, stats):
     plt = _pyplot()
-    varying = [k for k, s in stats.items() if s.get("count") and not s["constant"]]
+    varying = sorted(k for k, s in stats.items() if s.get("count") and not s["constant"])
     if not varying:
         return None
     ncols = 5
@@ -581,6 +586,39 @@ def departure_figure(output_dir, result):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, output_dir, "departure.png")
+
+
+def residual_figure(output_dir, result, residuals, images, sigma, columns=_GRID_COLUMNS):
+    """For images spread over the target range: the image, and the rendered image minus
+    its no-substructure twin (and minus the m_a -> infinity limit) in noise sigmas."""
+    plt = _pyplot()
+    panels = [(name, e) for name, e in result.get("per_class", {}).items() if e["variable"]]
+    if not panels:
+        return None
+    name, entry = next((p for p in panels if p[0] == "axion"), panels[0])
+    rows = sorted((r for r in result["samples"] if r["class"] == name),
+                  key=lambda r: r[entry["variable"]])
+    shown = [rows[int(round(j))] for j in np.linspace(0, len(rows) - 1, min(columns, len(rows)))]
+    twins = [t for t in ("no_sub", "compact_limit") if t in residuals[shown[0]["index"]]]
+    labels = {"no_sub": "minus no substructure", "compact_limit": "minus same mass\nat the centre"}
+    fig, axes = plt.subplots(1 + len(twins), len(shown), squeeze=False,
+                             figsize=(1.5 * len(shown) + 0.5, 1.55 * (1 + len(twins))))
+    for c, row in enumerate(shown):
+        axes[0][c].imshow(_stretch(images[row["index"]], sigma), origin="lower", cmap="magma",
+                          vmin=-3)
+        axes[0][c].set_title(f"{row[entry['variable']]:.2f}", fontsize=7)
+        for r, twin in enumerate(twins, start=1):
+            residual = residuals[row["index"]][twin]
+            limit = max(float(np.abs(residual).max()), 1e-6)
+            axes[r][c].imshow(residual, origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit)
+            axes[r][c].set_title(f"max {limit:.3g} sigma", fontsize=6)
+    for r, label in enumerate(["image"] + [labels[t] for t in twins]):
+        axes[r][0].set_ylabel(label, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, output_dir, "departure_residuals.png"), name, entry["variable"]
 
 
 # --------------------------------------------------------------------------- report
@@ -638,12 +676,19 @@ def run(data_dir: str, dataset: str, output_dir: str, split: str = "train",
                     f"Every varying simulation parameter of the {split} split. Constant: "
                     + (", ".join(f"{k} = {v:.4g}" for k, v in constant.items()) or "none") + "."))
     if departure_samples > 0:
-        summary["departure"] = departure(ex, class_names, info.config_name, departure_samples, seed)
+        summary["departure"], residuals = departure(ex, class_names, info.config_name,
+                                                    departure_samples, seed)
         figures.append((departure_figure(output_dir, summary["departure"]),
                         "Departure from the no-substructure limit: Delta chi^2 between the image "
                         "rendered noiseless from its stored parameters with and without its "
                         "substructure, in noise variances (log axis; dots: images, line and "
                         "band: median and 16-84 percentiles per bin)."))
+        shown = residual_figure(output_dir, summary["departure"], residuals, ex.images, sigma)
+        if shown:
+            figures.append((shown[0], f"Where the {shown[1]} images depart: each image (titled "
+                            f"by {shown[2]}; {_STRETCH.split(',')[0]}) and its noiseless "
+                            "rendering minus the twin, in noise standard deviations (colour "
+                            "scale per panel)."))
     figures = [(name, caption) for name, caption in figures if name]
     summary["figures"] = {name: caption for name, caption in figures}
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
@@ -689,29 +734,34 @@ def render_report(summary: dict, figures) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _define_flags():
+def _define_flags(flag_values=flags.FLAGS):
     """Defined only when run as a program: importing the library (e.g. beside
     build_dataset, whose --data_dir flag has the same name) must not define flags."""
-    flags.DEFINE_string("data_dir", None, "TFDS data directory holding the data set.")
-    flags.DEFINE_string("dataset", None, "deeplense_lensing/CONFIG[:VERSION].")
-    flags.DEFINE_string("output_dir", None, "Where the report is written.")
-    flags.DEFINE_string("split", "train", "Split whose images are analysed.")
-    flags.DEFINE_integer("max_examples", 5000, "Images analysed (the first in file order).")
+    define = dict(flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory holding the data set.", **define)
+    flags.DEFINE_string("dataset", None, "deeplense_lensing/CONFIG[:VERSION].", **define)
+    flags.DEFINE_string("output_dir", None, "Where the report is written.", **define)
+    flags.DEFINE_string("split", "train", "Split whose images are analysed.", **define)
+    flags.DEFINE_integer("max_examples", 5000, "Images analysed (the first in file order).",
+                         **define)
     flags.DEFINE_integer("departure_samples", 200,
                          "Images re-rendered without their substructure (imports the "
-                         "simulator; 0 disables).")
-    flags.DEFINE_integer("seed", 0, "Seed of the departure sample.")
+                         "simulator; 0 disables).", **define)
+    flags.DEFINE_integer("seed", 0, "Seed of the departure sample.", **define)
+
+
+def run_from_flags(f) -> dict:
+    if not (f.data_dir and f.dataset and f.output_dir):
+        raise app.UsageError("--data_dir, --dataset and --output_dir are required")
+    return run(f.data_dir, f.dataset, f.output_dir, split=f.split, max_examples=f.max_examples,
+               departure_samples=f.departure_samples, seed=f.seed)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    f = flags.FLAGS
-    if not (f.data_dir and f.dataset and f.output_dir):
-        raise app.UsageError("--data_dir, --dataset and --output_dir are required")
-    run(f.data_dir, f.dataset, f.output_dir, split=f.split, max_examples=f.max_examples,
-        departure_samples=f.departure_samples, seed=f.seed)
-    print(os.path.join(f.output_dir, "report.md"))
+    run_from_flags(flags.FLAGS)
+    print(os.path.join(flags.FLAGS.output_dir, "report.md"))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
 from deeplense_tf import build_dataset, eda
 
@@ -31,7 +30,8 @@ def test_report_shows_every_figure_it_writes(report):
     out, summary = report
     pngs = sorted(f for f in os.listdir(out) if f.endswith(".png"))
     assert {"samples_by_class.png", "pixel_histograms.png", "per_image_statistics.png",
-            "mean_images.png", "parameter_histograms.png", "departure.png"} <= set(pngs)
+            "mean_images.png", "parameter_histograms.png", "departure.png",
+            "departure_residuals.png"} <= set(pngs)
     text = open(os.path.join(out, "report.md")).read()
     for png in pngs:
         assert f"]({png})" in text
@@ -82,15 +82,17 @@ def test_departure_reproduces_the_stored_vortex_and_fades_with_axion_mass(report
     assert result["per_class"]["cdm"]["realization"] == "redrawn"
 
 
-def test_cli_without_departure(data_dir, tmp_path):
+def test_flags_without_departure(data_dir, tmp_path):
+    """The command line's flags, parsed in process (a subprocess would re-import TF)."""
     out = tmp_path / "report"
-    subprocess.run([sys.executable, "-m", "deeplense_tf.eda", f"--data_dir={data_dir}",
-                    f"--dataset={DATASET}", f"--output_dir={out}", "--split=validation",
-                    "--max_examples=5", "--departure_samples=0"], check=True,
-                   capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    flag_values = flags.FlagValues()
+    eda._define_flags(flag_values)
+    flag_values(["eda", f"--data_dir={data_dir}", f"--dataset={DATASET}", f"--output_dir={out}",
+                 "--split=validation", "--max_examples=5", "--departure_samples=0"])
+    eda.run_from_flags(flag_values)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["analysed"] == {"split": "validation", "num_examples": 5,
-                                   "selection": summary["analysed"]["selection"]}
+    assert summary["analysed"]["split"] == "validation"
+    assert summary["analysed"]["num_examples"] == 5
     assert "departure" not in summary and not (out / "departure.png").exists()
 
 
