@@ -178,37 +178,57 @@ def _summarize(laps, images, prefix) -> dict:
             f"{prefix}_blocks": laps}
 
 
-def generation_benchmark(case: Case, repeats: int = 3, max_images: int = 256,
+def _seconds_per_image(recipe, budget_s: float, most: int = 64) -> float:
+    """Mean wall time per image over about `budget_s` (after a first image that pays for
+    the set-up): a mean, since some classes' costs vary by 100x between images (the
+    TNFW subhalo count follows Sigma_sub over two decades)."""
+    from deeplense_tf.simulation import parallel
+
+    count, start = 0, None
+    with _single_threaded():
+        for _ in parallel.simulate_split(recipe, 1, 0, most + 1, num_workers=1, chunk_size=1):
+            if start is None:
+                start = time.perf_counter()
+                continue
+            count += 1
+            if time.perf_counter() - start > budget_s and count >= 2:
+                break
+    return (time.perf_counter() - start) / count
+
+
+def generation_benchmark(case: Case, repeats: int = 3, max_images: int = 512,
                          block_seconds: float = 1.0, num_workers: int | None = None) -> dict:
     """Images/s of `case` on one core and on `num_workers` (default: all) cores.
 
-    Besides wall-clock rates it reports CPU milliseconds per image (this process and its
-    workers), which other processes on a shared machine do not change, and the
-    speed-up that these imply on an idle machine: workers x (CPU per image on one core)
-    / (CPU per image, workers and parent together, on all cores)."""
+    Both modes simulate the same examples (same seed and indices) in `repeats + 1`
+    blocks of about `block_seconds` on all cores; the first block absorbs the start-up.
+    The speed-up is the median over blocks of the ratio of the two times for the same
+    images. Besides wall-clock rates it reports CPU milliseconds per image (this process
+    and its workers) and the speed-up these imply on an idle machine: workers x (CPU per
+    image on one core) / (CPU per image, workers and parent together, on all cores)."""
     from deeplense_tf.simulation import parallel
 
     workers = parallel.default_num_workers() if num_workers is None else num_workers
-    probe = _timed_blocks(case.recipe, 1, 1, 3)  # The first image pays for the set-up.
-    per_image = min(l["wall_s"] for l in probe[1:])
-    block = int(np.clip(round(block_seconds / per_image), 2, max(2, max_images)))
+    per_image = _seconds_per_image(case.recipe, block_seconds / 2)
+    block = int(np.clip(round(workers * block_seconds / per_image), 4 * workers,
+                        max(4 * workers, max_images)))
+    # simulate_split hands out results a chunk at a time, in process too: blocks are
+    # whole chunks, at least four per worker, so that block boundaries are timed evenly.
+    chunk = int(np.clip(block // (4 * workers), 1, 32))
+    block -= block % chunk
+    one = _timed_blocks(case.recipe, 1, block, repeats + 1, chunk_size=chunk)
     result = {"case": case.name, "instrument": case.instrument, "num_pix": case.recipe.num_pix,
               "substructure": case.substructure, "config": case.config,
-              "images_per_block": block, "repeats": repeats,
-              **_summarize(_timed_blocks(case.recipe, 1, block, repeats + 1), block, "one_core")}
+              "images_per_block": block, "chunk_size": chunk, "repeats": repeats,
+              **_summarize(one, block, "one_core")}
     result["ms_per_image_one_core"] = 1e3 / result["one_core_images_per_s"]
     if workers > 1:
-        block_all = block * workers
-        # At least four chunks per worker and block, so that the ordered results of
-        # Pool.imap arrive evenly enough to time blocks.
-        chunk = int(np.clip(block_all // (4 * workers), 1, 32))
-        laps = _timed_blocks(case.recipe, workers, block_all, repeats + 1, chunk_size=chunk)
-        result.update(num_workers=workers, chunk_size=chunk,
-                      **_summarize(laps, block_all, "all_cores"))
+        every = _timed_blocks(case.recipe, workers, block, repeats + 1, chunk_size=chunk)
+        result.update(num_workers=workers, **_summarize(every, block, "all_cores"))
         result.update(
-            worker_start_s=max(0.0, laps[0]["wall_s"] - statistics.median(
-                l["wall_s"] for l in laps[1:])),
-            speedup=result["all_cores_images_per_s"] / result["one_core_images_per_s"],
+            worker_start_s=max(0.0, every[0]["wall_s"] - statistics.median(
+                l["wall_s"] for l in every[1:])),
+            speedup=statistics.median(a["wall_s"] / b["wall_s"] for a, b in zip(one[1:], every[1:])),
             # None when the blocks were too short for the 10 ms CPU-time resolution.
             idle_machine_speedup=workers * result["one_core_cpu_ms_per_image"]
             / result["all_cores_cpu_ms_per_image"]
@@ -350,8 +370,13 @@ def _raw_pipelines(files, features, target, batch_size):
     def records():
         return tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).batch(batch_size)
 
+    def parse_only(serialized):
+        return tf.io.parse_example(serialized, spec)
+
     return {
         "raw TFRecord bytes (no parsing)": records(),
+        "batched parse_example, image not inflated":
+            records().map(parse_only, num_parallel_calls=tf.data.AUTOTUNE),
         "batched parse_example + ZLIB, image + target":
             records().map(parse(spec), num_parallel_calls=tf.data.AUTOTUNE),
         "batched parse_example + ZLIB, all features":
@@ -386,6 +411,12 @@ def read_benchmark(dataset_dir: str, split: str = "train", batch_size: int = 256
     pipelines.update(_raw_pipelines(files, features, target, batch_size))
     expected = builder.info.splits[split].num_examples
     results = {}
+    # How much ZLIB saves: noise fills the low mantissa bits of float32 pixels.
+    stored = [len(tf.train.Example.FromString(r.numpy()).features.feature["image"].bytes_list.value[0])
+              for r in tf.data.TFRecordDataset(files).take(256)]
+    image_bytes = {"stored_mean": float(np.mean(stored)),
+                   "raw": int(np.prod(features["image"].shape)) * 4}
+    image_bytes["zlib_ratio"] = image_bytes["stored_mean"] / image_bytes["raw"]
     for name, ds in pipelines.items():
         ds = ds.prefetch(tf.data.AUTOTUNE)
         seconds = []
@@ -400,7 +431,7 @@ def read_benchmark(dataset_dir: str, split: str = "train", batch_size: int = 256
         results[name] = {"images_per_s": count / statistics.median(seconds[1:]),
                          "pass_s": seconds[1:]}
     return {"split": split, "images": expected, "batch_size": batch_size,
-            "load_average_before": _load(), "pipelines": results}
+            "image_bytes": image_bytes, "load_average_before": _load(), "pipelines": results}
 
 
 # --------------------------------------------------------------------------- report
@@ -462,16 +493,19 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("read"):
         r = results["read"]
-        lines += [f"Read-back of {r['images']} images ({r['split']}), batch {r['batch_size']}:",
-                  "", "| pipeline | images/s |", "|---|---|"]
+        b = r["image_bytes"]
+        lines += [f"Read-back of {r['images']} images ({r['split']}), batch {r['batch_size']}; "
+                  f"an image takes {b['stored_mean']:.0f} bytes ZLIB-compressed, {b['raw']} raw "
+                  f"(ratio {b['zlib_ratio']:.2f}):", "", "| pipeline | images/s |", "|---|---|"]
         for name, v in r["pipelines"].items():
             lines.append(f"| {name} | {v['images_per_s']:,.0f} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def run(output: str | None = None, *, images: int = 256, repeats: int = 3,
-        block_seconds: float = 1.0, case_names=None, num_workers: int | None = None,
+def run(output: str | None = None, *, images: int = 512, repeats: int = 3,
+        block_seconds: float = 1.0, case_names=None, skip_generation: bool = False,
+        num_workers: int | None = None,
         build_sizes=(6_000, 1_000, 1_000), calibration_sizes=(64, 32, 32), full_build=False,
         skip_build=False, profile_train_size: int = 2_000, read_dir: str | None = None,
         work_dir: str | None = None) -> dict:
@@ -484,7 +518,7 @@ def run(output: str | None = None, *, images: int = 256, repeats: int = 3,
         if unknown:
             raise ValueError(f"--cases: unknown {unknown}; expected some of {sorted(known)}")
         selected = [known[n] for n in case_names]
-    for case in selected:
+    for case in [] if skip_generation else selected:
         results["generation"].append(generation_benchmark(
             case, repeats=repeats, max_images=images, block_seconds=block_seconds,
             num_workers=num_workers))
@@ -515,8 +549,8 @@ def _define_flags():
     """Defined only when run as a program, so that importing this module beside
     build_dataset (which defines its own flags) stays possible."""
     flags.DEFINE_string("output", None, "Write the results as JSON here.")
-    flags.DEFINE_integer("images", 256, "Most images per timed block (one block lasts about "
-                         "--block_seconds).")
+    flags.DEFINE_integer("images", 512, "Most images per timed block (a block lasts about "
+                         "--block_seconds on all cores).")
     flags.DEFINE_integer("repeats", 3, "Timed blocks (and read passes) per measurement; the "
                          "median is reported.")
     flags.DEFINE_float("block_seconds", 1.0, "Target duration of one timed block.")
@@ -527,7 +561,8 @@ def _define_flags():
     flags.DEFINE_integer("build_validation_size", 1_000, "Validation images of the timed build.")
     flags.DEFINE_integer("build_test_size", 1_000, "Test images of the timed build.")
     flags.DEFINE_bool("full_build", False, "Build the full 30,000/5,000/5,000 set (minutes).")
-    flags.DEFINE_bool("skip_build", False, "Only the generation (and --read_dir) benchmarks.")
+    flags.DEFINE_bool("skip_generation", False, "Skip the generation benchmark.")
+    flags.DEFINE_bool("skip_build", False, "Skip the build benchmark (read --read_dir if given).")
     flags.DEFINE_integer("profile_train_size", 2_000, "Train images of the profiled build "
                          "(0: no profile).")
     flags.DEFINE_string("read_dir", None, "Read back this prepared data set (DIR/deeplense_"
@@ -541,7 +576,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     results = run(f.output, images=f.images, repeats=f.repeats, block_seconds=f.block_seconds,
-                  case_names=f.cases, num_workers=f.workers,
+                  case_names=f.cases, skip_generation=f.skip_generation, num_workers=f.workers,
                   build_sizes=(f.build_train_size, f.build_validation_size, f.build_test_size),
                   full_build=f.full_build, skip_build=f.skip_build,
                   profile_train_size=f.profile_train_size, read_dir=f.read_dir,
