@@ -145,7 +145,8 @@ def run_benchmark(
     process, url = _start_server(model_base_path, model_name)
     try:
         def rest(images):
-            return serving_client.predict(url, model_name, images, max_batch_size=max(batch_sizes))
+            # 16 clients of 64 images queue for minutes on a busy 2-core machine.
+            return serving_client.predict(url, model_name, images, max_batch_size=max(batch_sizes), timeout=900)
 
         paths = (("in_process", in_process), ("rest", rest))
         cells = []
