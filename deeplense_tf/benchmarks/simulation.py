@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 
 import numpy as np
 from absl import app, flags
@@ -333,61 +334,94 @@ def main_process_cost(num_examples: int = 64, repeats: int = 5) -> dict:
                  "params": {k: np.float32(v) for k, v in lens.params.items()},
                  **{t: np.float32(lens.params[t]) for t in recipe.targets}}
                 for _, lens in parallel.simulate_split(recipe, 0, 0, num_examples, num_workers=1)]
-    timings = {"encode": [], "serialize": []}
+    image = features["image"]
+    raw_image = tfds.features.Tensor(shape=image.shape, dtype=np.float32,
+                                     encoding=tfds.features.Encoding.BYTES)
+    encoded = [features.encode_example(ex) for ex in examples]
+    steps = {
+        "encode": lambda: [features.encode_example(ex) for ex in examples],
+        "serialize": lambda: [serializer.serialize_example(ex) for ex in encoded],
+        # The image alone, as stored (ZLIB) and as raw bytes (Encoding.BYTES).
+        "encode_image_zlib": lambda: [image.encode_example(ex["image"]) for ex in examples],
+        "encode_image_bytes": lambda: [raw_image.encode_example(ex["image"]) for ex in examples],
+    }
+    timings = {key: [] for key in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        encoded = [features.encode_example(ex) for ex in examples]
-        middle = time.perf_counter()
-        for ex in encoded:
-            serializer.serialize_example(ex)
-        end = time.perf_counter()
-        timings["encode"].append((middle - start) / num_examples)
-        timings["serialize"].append((end - middle) / num_examples)
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            timings[key].append((time.perf_counter() - start) / num_examples)
     return {f"{k}_ms_per_example": 1e3 * statistics.median(v) for k, v in timings.items()}
 
 
 # --------------------------------------------------------------------------- read-back
 
 
-def _raw_pipelines(files, features, target, batch_size):
-    """TFRecord bytes only, and one parse_example per batch followed by ZLIB inflate."""
+def _rewrite_without_zlib(files, path):
+    """The records of `files` with the image stored as raw bytes (what
+    `Encoding.BYTES` would store), everything else unchanged."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for record in tf.data.TFRecordDataset(files):
+            example = tf.train.Example.FromString(record.numpy())
+            image = example.features.feature["image"].bytes_list.value
+            image[0] = zlib.decompress(image[0])
+            writer.write(example.SerializeToString())
+
+
+def _raw_pipelines(files, unzipped, features, target, batch_size):
+    """Reading without TFDS: TFRecord bytes only; one parse_example per batch, with and
+    without ZLIB; and the same records rewritten without ZLIB, parsed per batch and
+    per example (as TFDS parses)."""
     import tensorflow as tf
 
     shape = features["image"].shape
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             target: tf.io.FixedLenFeature([], tf.float32)}
-    with_params = dict(spec, **{f"params/{name}": tf.io.FixedLenFeature([], tf.float32)
-                                for name in features["params"]})
+    every = dict(spec, **{f"params/{name}": tf.io.FixedLenFeature([], tf.float32)
+                          for name in features["params"]})
 
-    def parse(keys):
+    def decoder(keys, inflate=True, batched=True, decode=True):
         def fn(serialized):
-            parsed = tf.io.parse_example(serialized, keys)
-            raw = tf.io.decode_compressed(parsed.pop("image"), compression_type="ZLIB")
-            parsed["image"] = tf.reshape(tf.io.decode_raw(raw, tf.float32), (-1, *shape))
+            parse = tf.io.parse_example if batched else tf.io.parse_single_example
+            parsed = parse(serialized, keys)
+            if decode:
+                image = parsed.pop("image")
+                if inflate:
+                    image = tf.io.decode_compressed(image, compression_type="ZLIB")
+                parsed["image"] = tf.reshape(tf.io.decode_raw(image, tf.float32),
+                                             (-1, *shape) if batched else shape)
             return parsed
         return fn
 
-    def records():
-        return tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).batch(batch_size)
+    def records(paths):
+        return tf.data.TFRecordDataset(paths, num_parallel_reads=tf.data.AUTOTUNE)
 
-    def parse_only(serialized):
-        return tf.io.parse_example(serialized, spec)
+    def per_batch(paths, fn):
+        return records(paths).batch(batch_size).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
     return {
-        "raw TFRecord bytes (no parsing)": records(),
-        "batched parse_example, image not inflated":
-            records().map(parse_only, num_parallel_calls=tf.data.AUTOTUNE),
-        "batched parse_example + ZLIB, image + target":
-            records().map(parse(spec), num_parallel_calls=tf.data.AUTOTUNE),
-        "batched parse_example + ZLIB, all features":
-            records().map(parse(with_params), num_parallel_calls=tf.data.AUTOTUNE),
+        "TFRecord bytes only (no parsing)": records(files).batch(batch_size),
+        "batched parse_example, image not inflated": per_batch(files, decoder(spec, decode=False)),
+        "batched parse_example + ZLIB, image + target": per_batch(files, decoder(spec)),
+        "batched parse_example + ZLIB, all features": per_batch(files, decoder(every)),
+        "no ZLIB: batched parse_example, image + target": per_batch(
+            unzipped, decoder(spec, inflate=False)),
+        "no ZLIB: batched parse_example, all features": per_batch(
+            unzipped, decoder(every, inflate=False)),
+        "no ZLIB: per-example parse (as TFDS), all features": records(unzipped).map(
+            decoder(every, inflate=False, batched=False),
+            num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size),
     }
 
 
 def read_benchmark(dataset_dir: str, split: str = "train", batch_size: int = 256,
-                   repeats: int = 3) -> dict:
+                   repeats: int = 3, scratch_dir: str | None = None) -> dict:
     """Images/s through tf.data over `split` of the prepared data set in `dataset_dir`
-    (DIR/deeplense_lensing/CONFIG/VERSION), after one warm-up pass (file cache)."""
+    (DIR/deeplense_lensing/CONFIG/VERSION), after one warm-up pass (file cache).
+    `scratch_dir` receives the records rewritten without ZLIB (default: a temporary
+    folder, removed afterwards)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -408,30 +442,39 @@ def read_benchmark(dataset_dir: str, split: str = "train", batch_size: int = 256
             {"image": tfds.decode.SkipDecoding()}),
     }
     files = sorted(glob.glob(os.path.join(dataset_dir, f"*-{split}.tfrecord-*")))
-    pipelines.update(_raw_pipelines(files, features, target, batch_size))
-    expected = builder.info.splits[split].num_examples
-    results = {}
-    # How much ZLIB saves: noise fills the low mantissa bits of float32 pixels.
-    stored = [len(tf.train.Example.FromString(r.numpy()).features.feature["image"].bytes_list.value[0])
-              for r in tf.data.TFRecordDataset(files).take(256)]
-    image_bytes = {"stored_mean": float(np.mean(stored)),
-                   "raw": int(np.prod(features["image"].shape)) * 4}
-    image_bytes["zlib_ratio"] = image_bytes["stored_mean"] / image_bytes["raw"]
-    for name, ds in pipelines.items():
-        ds = ds.prefetch(tf.data.AUTOTUNE)
-        seconds = []
-        for _ in range(repeats + 1):
-            start, count = time.perf_counter(), 0
-            for batch in ds:
-                first = batch if isinstance(batch, tf.Tensor) else batch["image"]
-                count += int(first.shape[0])
-            seconds.append(time.perf_counter() - start)
-        if count != expected:
-            raise AssertionError(f"{name}: read {count} examples, the split has {expected}")
-        results[name] = {"images_per_s": count / statistics.median(seconds[1:]),
-                         "pass_s": seconds[1:]}
-    return {"split": split, "images": expected, "batch_size": batch_size,
-            "image_bytes": image_bytes, "load_average_before": _load(), "pipelines": results}
+    scratch = scratch_dir or tempfile.mkdtemp(prefix="deeplense_read_")
+    os.makedirs(scratch, exist_ok=True)
+    unzipped = os.path.join(scratch, f"{split}-without-zlib.tfrecord")
+    try:
+        _rewrite_without_zlib(files, unzipped)
+        pipelines.update(_raw_pipelines(files, [unzipped], features, target, batch_size))
+        results = {name: _time_passes(ds, repeats, builder.info.splits[split].num_examples, name)
+                   for name, ds in pipelines.items()}
+        size = {"zlib": sum(os.path.getsize(f) for f in files), "raw": os.path.getsize(unzipped)}
+    finally:
+        if scratch_dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return {"split": split, "images": builder.info.splits[split].num_examples,
+            "batch_size": batch_size, "split_bytes": size,
+            # Noise fills the low mantissa bits of the float32 pixels: ZLIB saves little.
+            "zlib_size_ratio": size["zlib"] / size["raw"],
+            "load_average_before": _load(), "pipelines": results}
+
+
+def _time_passes(ds, repeats, expected, name) -> dict:
+    import tensorflow as tf
+
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    seconds = []
+    for _ in range(repeats + 1):  # The first pass warms the file cache and the graph.
+        start, count = time.perf_counter(), 0
+        for batch in ds:
+            first = batch if isinstance(batch, tf.Tensor) else batch["image"]
+            count += int(first.shape[0])
+        seconds.append(time.perf_counter() - start)
+    if count != expected:
+        raise AssertionError(f"{name}: read {count} examples, the split has {expected}")
+    return {"images_per_s": count / statistics.median(seconds[1:]), "pass_s": seconds[1:]}
 
 
 # --------------------------------------------------------------------------- report
@@ -482,7 +525,9 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("main_process"):
         mp = results["main_process"]
-        lines += [f"Builder process per example: encode {mp['encode_ms_per_example']:.2f} ms, "
+        lines += [f"Builder process per example: encode {mp['encode_ms_per_example']:.2f} ms "
+                  f"(of which the image, ZLIB: {mp['encode_image_zlib_ms_per_example']:.2f} ms; "
+                  f"as raw bytes it would take {mp['encode_image_bytes_ms_per_example']:.2f} ms), "
                   f"serialize {mp['serialize_ms_per_example']:.2f} ms.", ""]
     if results.get("profile"):
         p = results["profile"]
@@ -493,10 +538,10 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("read"):
         r = results["read"]
-        b = r["image_bytes"]
         lines += [f"Read-back of {r['images']} images ({r['split']}), batch {r['batch_size']}; "
-                  f"an image takes {b['stored_mean']:.0f} bytes ZLIB-compressed, {b['raw']} raw "
-                  f"(ratio {b['zlib_ratio']:.2f}):", "", "| pipeline | images/s |", "|---|---|"]
+                  f"the split takes {r['split_bytes']['zlib'] / 2**20:.1f} MiB with ZLIB, "
+                  f"{r['split_bytes']['raw'] / 2**20:.1f} MiB without (ratio "
+                  f"{r['zlib_size_ratio']:.2f}):", "", "| pipeline | images/s |", "|---|---|"]
         for name, v in r["pipelines"].items():
             lines.append(f"| {name} | {v['images_per_s']:,.0f} |")
         lines.append("")
@@ -534,7 +579,8 @@ def run(output: str | None = None, *, images: int = 512, repeats: int = 3,
                                                    profile_train_size, num_workers)
         read_from = read_dir or (results["build"]["main"]["path"] if "build" in results else None)
         if read_from:
-            results["read"] = read_benchmark(read_from, repeats=repeats)
+            results["read"] = read_benchmark(read_from, repeats=repeats,
+                                             scratch_dir=os.path.join(scratch, "read"))
     finally:
         if work_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
