@@ -171,8 +171,8 @@ def image_statistics(images: np.ndarray, labels: np.ndarray, class_names, sigma:
             "asinh_over_sigma_bg": _percentiles(stretched, (0.1, 50, 99.9)),
             "note": "A global scale keeps relative brightness (which carries information, "
                     "e.g. the source magnitude); per-image min-max scaling divides by a "
-                    "maximum that spreads over max_spread_dex_p5_to_p95 dex and, on faint "
-                    "images, by a noise spike."},
+                    "maximum that spreads over max_spread_dex_p5_to_p95 dex, so the noise "
+                    "level differs from image to image after it."},
         "per_class": per_class,
     }
 
