@@ -24,7 +24,6 @@ port, printed at start. Only the standard library and TensorFlow: no web framewo
 
 from __future__ import annotations
 
-import gc
 import http.server
 import os
 import signal
@@ -36,7 +35,7 @@ from typing import Mapping, Sequence
 from absl import app, flags, logging
 
 from deeplense_tf import serving_protocol as protocol
-from deeplense_tf.serving_repository import ModelRepository, RepositoryPoller, repositories_from_config
+from deeplense_tf.serving_repository import ModelRepository, RepositoryPoller, freeze_heap, repositories_from_config
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a batch of 64 images of 150x150 is ~17 MB of JSON
 
@@ -206,9 +205,7 @@ class ModelServer:
             repository.poll()  # the first versions load before the port opens
             if not repository.versions_on_disk():
                 logging.warning("no versions of %s under %s yet; polling", repository.model_name, repository.base_path)
-        # Move TensorFlow's many long-lived objects out of the collector's sight: every
-        # full collection would otherwise scan them while requests allocate lists.
-        gc.freeze()
+        freeze_heap()
         server_class = _IPv6HTTPServer if ":" in host else _HTTPServer
         self._httpd = server_class((host, port), _Handler)
         self._httpd.model_server = self

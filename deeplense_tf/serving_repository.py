@@ -157,8 +157,12 @@ class ModelRepository:
         except OSError:
             return 0.0
 
-    def poll(self) -> None:
-        """Loads wanted versions not yet loaded, then unloads unwanted ones."""
+    def poll(self) -> bool:
+        """Loads wanted versions not yet loaded, then unloads unwanted ones.
+
+        Returns whether a version was loaded.
+        """
+        loaded_any = False
         with self._poll_lock:
             for _ in range(3):  # a failed load lets the policy pick the next version
                 candidates = [
@@ -171,16 +175,17 @@ class ModelRepository:
                 if not to_load:
                     break
                 for version in to_load:  # newest first: it is the one served
-                    self._load(version)
+                    loaded_any |= self._load(version)
             with self._lock:
                 if not any(v in self._available for v in wanted):
-                    return  # keep serving what we have until a wanted version is up
+                    return loaded_any  # keep serving what we have until a wanted version is up
                 for version in [v for v in self._available if v not in wanted]:
                     del self._available[version]  # in-flight requests keep their reference
                     self._states[version] = ("END", "OK", "")
                     logging.info("unloaded %s version %d", self.model_name, version)
+        return loaded_any
 
-    def _load(self, version: int) -> None:
+    def _load(self, version: int) -> bool:
         path = os.path.join(self.base_path, str(version))
         with self._lock:
             self._states[version] = ("LOADING", "OK", "")
@@ -192,11 +197,12 @@ class ModelRepository:
             with self._lock:
                 self._states[version] = ("END", "UNKNOWN", f"Failed to load version {version}: {error}")
             logging.error("failed to load %s version %d: %s", self.model_name, version, error)
-            return
+            return False
         with self._lock:
             self._available[version] = loaded
             self._states[version] = ("AVAILABLE", "OK", "")
         logging.info("loaded %s version %d (%d warm-up records)", self.model_name, version, records)
+        return True
 
     def _label_version(self, label: str) -> int:
         if label not in self.version_labels:
@@ -230,6 +236,16 @@ class ModelRepository:
             return [(v, *self._states[v]) for v in sorted(self._states, reverse=True)]
 
 
+def freeze_heap() -> None:
+    """Moves the objects alive now (TensorFlow's, the loaded models') out of the GC's sight.
+
+    Full collections would otherwise rescan them while requests allocate many lists.
+    Garbage is collected first: frozen objects are never freed.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class RepositoryPoller:
     """Polls repositories every ``interval_s`` seconds on a daemon thread."""
 
@@ -246,12 +262,14 @@ class RepositoryPoller:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
+            loaded = False
             for repository in self._repositories:
                 try:
-                    repository.poll()
+                    loaded |= repository.poll()
                 except Exception:  # keep polling whatever one poll did
                     logging.exception("polling %s failed", repository.model_name)
-            gc.freeze()  # a newly loaded model's objects too (see serve.ModelServer)
+            if loaded:
+                freeze_heap()
 
     def stop(self) -> None:
         self._stop.set()
