@@ -321,12 +321,19 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("enable_model_warmup", True, "Replay assets.extra/tf_serving_warmup_requests before serving a version.")
     flags.DEFINE_integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, "Largest request body accepted (larger ones get 413).")
     flags.DEFINE_boolean("log_requests", False, "Log every request.")
+    flags.DEFINE_integer("tensorflow_intra_op_parallelism", 0, "Threads inside one op (0: TensorFlow picks).")
+    flags.DEFINE_integer("tensorflow_inter_op_parallelism", 0, "Ops run at once (0: TensorFlow picks).")
 
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
+    # TF Serving's flags of the same names; they must be set before any model loads.
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(FLAGS.tensorflow_inter_op_parallelism)
     if FLAGS.model_config_file:
         with open(FLAGS.model_config_file) as stream:
             repositories = repositories_from_config(
