@@ -193,8 +193,10 @@ def target_correlations(images, targets) -> dict:
             continue
         out[name] = {}
         for feature, x in features.items():
-            rho = stats.spearmanr(values[finite], x[finite]).statistic
-            out[name][feature] = None if not np.isfinite(rho) else float(rho)
+            if np.ptp(values[finite]) == 0 or np.ptp(x[finite]) == 0:
+                out[name][feature] = None  # Undefined for a constant.
+                continue
+            out[name][feature] = float(stats.spearmanr(values[finite], x[finite]).statistic)
     return out
 
 
@@ -717,6 +719,8 @@ def render_report(summary: dict, figures) -> str:
         lines.append(f"Spearman correlation of `{target}` with image statistics (shortcuts): "
                      + ", ".join(f"{k} {v:+.2f}" for k, v in corr.items() if v is not None) + ".")
     departure_result = summary.get("departure", {})
+    if "skipped" in departure_result:
+        lines.append(f"Departure study skipped: {departure_result['skipped']}.")
     for name, entry in departure_result.get("per_class", {}).items():
         text = f"Departure, {name} ({entry['realization']} realization): median Delta chi^2 " \
                f"{entry['delta_chi2_vs_no_sub']['median']:.3g} against no substructure"
