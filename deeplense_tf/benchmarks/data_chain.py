@@ -90,8 +90,8 @@ def input_pipeline_benchmark(data_dir: str, dataset: str, batch_size: int, *,
 
 
 def run(work_dir: str, image_sizes, *, train_size: int, batch_size: int, simulation: bool = True,
-        repeats: int = 3, block_seconds: float = 0.5, max_images: int = 64,
-        num_workers: int | None = None, min_pipeline_images: int = 1024) -> dict:
+        repeats: int = 3, block_seconds: float = 0.25, max_images: int = 64,
+        num_workers: int | None = None, min_pipeline_images: int = 512) -> dict:
     """Simulation (per image size: one core and all cores), a small build per image
     size, read-back (TFDS and raw TFRecord pipelines) and the input pipeline."""
     from deeplense_tf.benchmarks import simulation as sim
@@ -103,19 +103,31 @@ def run(work_dir: str, image_sizes, *, train_size: int, batch_size: int, simulat
     if skipped:
         out["skipped"] = {str(px): f"no data-set config simulates {px} px images (have: "
                           f"{sorted(CONFIGS)})" for px in skipped}
+    parts = out["wall_s"] = {}
+    start = time.perf_counter()
+
+    def lap(name):
+        nonlocal start
+        parts[name] = parts.get(name, 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+
     if simulation:
         cases = {c.name: c for c in sim.cases()}
         for px in sizes:
             out["generation"].append(sim.generation_benchmark(
                 cases[GENERATION_CASES[px]], repeats=repeats, max_images=max_images,
                 block_seconds=block_seconds, num_workers=num_workers))
+        lap("generation")
     built = build_datasets(work_dir, sizes, train_size)
+    lap("build")
     for px, build in built.items():
         out["build"][str(px)] = build
         if simulation:
             out["read"][str(px)] = sim.read_benchmark(build["path"], batch_size=batch_size,
                                                       repeats=repeats)
+            lap("read")
         out["input_pipeline"][str(px)] = input_pipeline_benchmark(
             build["data_dir"], build["dataset"], batch_size, repeats=repeats,
             min_images=min_pipeline_images)
+        lap("input_pipeline")
     return out

@@ -32,6 +32,7 @@ def inference_benchmark(model, image_size: int, batch_size: int, *, jit: bool,
     seconds = timed["seconds_per_call"]
     result = {"status": "ok", "batch_size": batch_size, "xla": jit, **timed,
               "latency_ms": 1e3 * seconds, "images_per_s": batch_size / seconds,
+              "cpu_ms_per_image": 1e3 * timed["cpu_seconds_per_call"] / batch_size,
               **memory.as_dict()}
     if batch_size == 1 and timed["steps_per_repeat"] == 1 and timed["repeats_done"] > 1:
         result["latency_p90_ms"] = 1e3 * float(np.percentile(timed["seconds_per_call_blocks"], 90))

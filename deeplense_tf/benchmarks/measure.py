@@ -3,8 +3,10 @@
 Timing: the first call (tracing, plus XLA compilation when on, plus one step) is timed
 on its own; then `warmup` untimed calls; then `repeats` timed blocks of `steps` calls,
 each block ending with a host sync, and the median seconds per call over the blocks is
-reported. A measurement stops adding blocks once `max_seconds` of timed work have
-passed (at least one block always runs), so a slow configuration costs a bounded time;
+reported, beside the median CPU seconds of this process per call and the cores other
+processes kept busy meanwhile (on a shared machine, the context of a wall-clock rate).
+A measurement stops adding blocks once `max_seconds` of timed work have passed (at
+least one block always runs), so a slow configuration costs a bounded time;
 `repeats_done` says how many blocks the median is over.
 
 Memory: peak resident set size (RSS) of this process during one measurement. On Linux
@@ -103,29 +105,60 @@ class PeakMemory(contextlib.AbstractContextManager):
                 "rss_method": self.rss_method, "peak_accelerator_mb": self.peak_accelerator_mb}
 
 
+class _Clock:
+    """Wall time, CPU time of this process (all its threads) and CPU time the whole
+    machine was busy, between laps. On a shared machine wall-clock rates move with
+    other processes' load; this process's CPU time per call moves much less, and the
+    machine's busy time minus ours says how many cores the others took meanwhile."""
+
+    def __init__(self):
+        import psutil
+
+        self._psutil = psutil
+        self._process = psutil.Process()
+        self.last = self._read()
+
+    def _read(self):
+        ours = self._process.cpu_times()
+        machine_times = self._psutil.cpu_times()
+        busy = sum(machine_times) - machine_times.idle - getattr(machine_times, "iowait", 0.0)
+        return time.perf_counter(), ours.user + ours.system, busy
+
+    def lap(self) -> tuple[float, float, float]:
+        """(wall s, our CPU s, cores used by other processes) since the last lap."""
+        now = self._read()
+        wall, ours, busy = (a - b for a, b in zip(now, self.last))
+        self.last = now
+        return wall, ours, max(0.0, busy - ours) / wall if wall > 0 else 0.0
+
+
 def timed_calls(call, sync, *, warmup: int = 1, steps: int = 1, repeats: int = 3,
                 max_seconds: float = 30.0) -> dict:
     """Times `call()` as described in the module docstring. `sync(result)` must block
     until the result is on the host (device work is asynchronous on GPUs)."""
-    start = time.perf_counter()
+    clock = _Clock()
     sync(call())
-    first = time.perf_counter() - start
+    first = clock.lap()[0]
     for _ in range(warmup):
         sync(call())
-    per_call, timed = [], 0.0
+    clock.lap()
+    per_call, cpu_per_call, others, timed = [], [], [], 0.0
     for _ in range(max(1, repeats)):
-        start = time.perf_counter()
         result = None
         for _ in range(steps):
             result = call()
         sync(result)
-        block = time.perf_counter() - start
-        per_call.append(block / steps)
-        timed += block
+        wall, cpu, other = clock.lap()
+        per_call.append(wall / steps)
+        cpu_per_call.append(cpu / steps)
+        others.append(other)
+        timed += wall
         if timed >= max_seconds:
             break
     median = statistics.median(per_call)
     return {"first_call_s": first, "seconds_per_call": median, "seconds_per_call_blocks": per_call,
+            "cpu_seconds_per_call": statistics.median(cpu_per_call),
+            "other_processes_cores": statistics.median(others),
             "repeats_done": len(per_call), "steps_per_repeat": steps, "warmup_calls": warmup,
             # Tracing (and XLA compilation) on top of one steady call.
             "compile_s": max(0.0, first - median)}

@@ -4,6 +4,7 @@ TensorBoard layout (`tensorboard --logdir DIR`):
   runs `xla_off-1_replica`, `xla_on-1_replica`, `xla_off-2_replicas`, ... (one per mode),
   one point each (step 0), tags per model and size `<model>-<variant>_<px>px`:
     train/images_per_s/..., train/step_ms/..., train/compile_s/...,
+    train/cpu_ms_per_image/..., train/other_processes_cores/...,
     inference/batch_<B>_images_per_s/..., inference/batch_1_latency_ms/...,
     inference/compile_s/..., memory/train_peak_rss_mb/...,
     memory/inference_peak_rss_mb/..., memory/train_peak_accelerator_mb/... (GPU),
@@ -54,8 +55,8 @@ def _status(row: dict) -> str:
 
 def training_table(results: dict) -> str:
     lines = ["| model | variant | px | params (M) | GFLOPs/image | XLA | replicas | batch | step ms "
-             "| images/s | compile s | peak RSS MiB | peak accel. MiB | status |",
-             "|---" * 14 + "|"]
+             "| images/s | CPU ms/image | others' cores | compile s | peak RSS MiB "
+             "| peak accel. MiB | status |", "|---" * 16 + "|"]
     for row in results["rows"]:
         t = row["train"]
         lines.append(
@@ -64,6 +65,7 @@ def training_table(results: dict) -> str:
             f"{_f(row['flops_per_image'] and row['flops_per_image'] / 1e9, '.2f')} | "
             f"{'on' if row['xla'] else 'off'} | {row['replicas']} | {t.get('batch_size', '–')} | "
             f"{_f(_ok(t, 'step_ms'))} | {_f(_ok(t, 'images_per_s'), '.1f')} | "
+            f"{_f(_ok(t, 'cpu_ms_per_image'))} | {_f(_ok(t, 'other_processes_cores'), '.1f')} | "
             f"{_f(_ok(t, 'compile_s'), '.1f')} | {_f(_ok(t, 'peak_rss_mb'))} | "
             f"{_f(_ok(t, 'peak_accelerator_mb'))} | {_status(row)} |")
     return "\n".join(lines)
@@ -237,8 +239,10 @@ def markdown(results: dict) -> str:
              f"## Training (global batch {results['config']['train_batch_size']})", "",
              training_table(results), "",
              "Compile s: the first call minus a steady one (tracing, plus XLA compilation when "
-             "on). Peak RSS: the process's high-water mark during the measurement, TensorFlow "
-             "runtime and model included.", ""]
+             "on). CPU ms/image: CPU time of the measuring process (all its threads) per image, "
+             "steadier than images/s on a shared machine; others' cores: cores other processes "
+             "kept busy during the timing. Peak RSS: the process's high-water mark during the "
+             "measurement, TensorFlow runtime and model included.", ""]
     if results["config"]["inference_batch_sizes"]:
         lines += ["## Inference (one replica, `model(x, training=False)` on host images)", "",
                   inference_table(results), ""]
@@ -282,6 +286,8 @@ def write_tensorboard(results: dict, logdir: str) -> None:
         t = row["train"]
         values = {f"train/images_per_s/{tag}": _ok(t, "images_per_s"),
                   f"train/step_ms/{tag}": _ok(t, "step_ms"),
+                  f"train/cpu_ms_per_image/{tag}": _ok(t, "cpu_ms_per_image"),
+                  f"train/other_processes_cores/{tag}": _ok(t, "other_processes_cores"),
                   f"train/compile_s/{tag}": _ok(t, "compile_s"),
                   f"memory/train_peak_rss_mb/{tag}": _ok(t, "peak_rss_mb"),
                   f"memory/train_peak_accelerator_mb/{tag}": _ok(t, "peak_accelerator_mb")}
@@ -306,6 +312,8 @@ def write_tensorboard(results: dict, logdir: str) -> None:
             base = f"scaling/{kind}/{sweep['model']}-{sweep['variant']}"
             for p in sweep["points"]:
                 t = p.get("train", {})
+                if t.get("status") != "ok":
+                    continue
                 _scalars(writer("scaling"), {
                     f"{base}/train_images_per_s": _ok(t, "images_per_s"),
                     f"{base}/train_peak_rss_mb": _ok(t, "peak_rss_mb"),

@@ -20,11 +20,16 @@ import numpy as np
 
 def loglog_slope(x, y) -> float | None:
     """Least-squares slope of log y against log x (None with fewer than two points)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    x = np.asarray(x, float)
+    y = np.asarray([np.nan if v is None else v for v in y], float)
     keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
     if keep.sum() < 2 or np.ptp(np.log(x[keep])) == 0:
         return None
     return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
+
+
+def _f2(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def linear_fit(x, y) -> tuple[float, float] | None:
@@ -102,13 +107,16 @@ def fit_growth(sweep: dict, x_name: str) -> dict:
     per_image = [1 / p["train"]["images_per_s"] for p in points]
     fit.update(
         time_slope=loglog_slope(x, per_image),
+        cpu_time_slope=loglog_slope(x, [p["train"].get("cpu_ms_per_image") for p in points]),
         flops_slope=loglog_slope(x, [p["flops_per_image"] for p in points]),
         memory_slope=loglog_slope(x, [memory_above_baseline(p) for p in points]))
+    cpu = (f"; CPU time: {x_name}^{fit['cpu_time_slope']:.2f}"
+           if fit["cpu_time_slope"] is not None else "")
     fit["statement"] = (
         f"{sweep['label']}: time per training image grows as {x_name}^"
-        f"{fit['time_slope']:.2f} ({growth_word(fit['time_slope'])}; FLOPs: "
+        f"{fit['time_slope']:.2f} ({growth_word(fit['time_slope'])}{cpu}; FLOPs: "
         f"{x_name}^{fit['flops_slope']:.2f}) and its memory above the baseline as {x_name}^"
-        f"{fit['memory_slope']:.2f}, from {min(x)} to {max(x)} {x_name}.")
+        f"{_f2(fit['memory_slope'])}, from {min(x)} to {max(x)} {x_name}.")
     if x_name == "tokens" and len(points) >= 3:
         fit.update(_quadratic(x, per_image, "time"))
         fit.update(_quadratic(x, [p["flops_per_image"] for p in points], "flops"))

@@ -3,9 +3,9 @@
 Order (most useful first, so that a time budget cuts the least useful): the data chain
 (simulation, build, read-back, input pipeline); every model and image size in the
 default mode of this machine (XLA off on a CPU, on with a GPU; one replica; the first
-of them also records the profiler trace if asked); the other XLA setting and two
-replicas at the smallest image size; the scaling sweeps; the other modes at the larger
-image sizes. Each
+of them also records the profiler trace if asked); the other XLA setting at the
+smallest image size; the scaling sweeps; two replicas at the smallest image size; the
+other modes at the larger image sizes. Each
 row and sweep point carries `status` ("ok", "skipped" or "failed") and, unless ok, a
 `reason`; so does every measurement in it.
 """
@@ -166,11 +166,12 @@ def plan(config: BenchmarkConfig, num_gpus: int, profile_dir: str | None):
                     point = {"key": key, "model": name, "variant": variant, "image_size": px,
                              "xla": xla, "train_batch_size": config.train_batch_size,
                              "inference_batch_sizes": list(batches)}
-                    # Default mode first; then the other modes at the smallest image size,
-                    # the scaling sweeps (4), and the other modes at larger sizes (5).
+                    # Default mode first; then the other XLA setting at the smallest image
+                    # size (2), the scaling sweeps (3), two replicas at the smallest size
+                    # (4), and the other modes at larger sizes (5).
                     smallest = px == min(config.image_sizes)
                     priority = (1 if (xla == default_xla and replicas == 1) else
-                                (2 if replicas == 1 else 3) if smallest else 5)
+                                (2 if replicas == 1 else 4) if smallest else 5)
                     cell_list.append(_Cell(f"{name}_{variant}_{px}px_xla-{'on' if xla else 'off'}"
                                            f"_{replicas}rep", priority,
                                            {**common, "replicas": replicas, "points": [point]},
@@ -217,7 +218,7 @@ def plan(config: BenchmarkConfig, num_gpus: int, profile_dir: str | None):
                                "inference_batch_sizes": []})
             # A warm-up point first pays TensorFlow's one-time memory, so that the
             # sweep's points differ only by what they themselves need.
-            cell_list.append(_Cell(f"scaling_{kind}_{name}_{variant}", 4,
+            cell_list.append(_Cell(f"scaling_{kind}_{name}_{variant}", 3,
                                    {**common, "replicas": 1, "points": points, "warmup": True},
                                    targets))
     cell_list.sort(key=lambda c: c.priority)  # Stable: the listed order within a priority.
@@ -345,6 +346,14 @@ def run(config: BenchmarkConfig, output_dir: str, write_outputs: bool = True) ->
     started = time.perf_counter()
     os.makedirs(output_dir, exist_ok=True)
     num_gpus = len(tf.config.list_physical_devices("GPU"))
+    if num_gpus:
+        # This process only runs tf.data and writes summaries: were it to touch a GPU,
+        # TensorFlow would reserve its memory and starve the measured processes.
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow already started here (e.g. in a notebook).
+            print("[benchmark] warning: this process already holds the GPUs; the measured "
+                  "processes may run short of GPU memory", flush=True)
     profile_dir = os.path.join(output_dir, "profile") if config.profile else None
     cell_list, rows, sweeps, profile = plan(config, num_gpus, profile_dir)
     results = {"machine": measure.machine(), "command": " ".join(sys.argv),

@@ -148,7 +148,9 @@ def train_benchmark(model, image_size: int, *, strategy, batch_size: int, jit: b
     result = {"status": "ok", "batch_size": batch_size, "replicas": replicas, "xla": jit,
               "precision": precision, **timed,
               "step_ms": 1e3 * timed["seconds_per_call"],
-              "images_per_s": batch_size / timed["seconds_per_call"], **memory.as_dict()}
+              "images_per_s": batch_size / timed["seconds_per_call"],
+              "cpu_ms_per_image": 1e3 * timed["cpu_seconds_per_call"] / batch_size,
+              **memory.as_dict()}
     if profile_dir:
         tf.profiler.experimental.start(profile_dir)
         try:

@@ -48,8 +48,11 @@ def test_scaling_plan_has_a_sweep_per_kind_and_tokens_only_for_the_vit():
     assert [p["tokens"] for p in sweeps["tokens"][0]["points"]] == [16, 256]
     resnet_sizes = sweeps["image_size"][0]
     assert all(p["overrides"] == {"stem": "s1"} for p in resnet_sizes["points"])
-    assert all(c.spec.get("warmup") for c in cells if c.name.startswith("scaling_"))
-    assert cells[-1].priority == 4
+    sweep_cells = [c for c in cells if c.name.startswith("scaling_")]
+    assert len(sweep_cells) == 5 and all(c.spec.get("warmup") for c in sweep_cells)
+    # After the default rows and the other XLA setting, before the two-replica rows.
+    assert {c.priority for c in sweep_cells} == {3}
+    assert [c.priority for c in cells] == sorted(c.priority for c in cells)
 
 
 @pytest.mark.parametrize("kwargs, match", [
