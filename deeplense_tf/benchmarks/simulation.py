@@ -25,11 +25,11 @@ parts, each a library function that the tests call on tiny sizes:
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import dataclasses
 import glob
 import json
-import math
 import os
 import platform
 import pstats
@@ -155,6 +155,31 @@ def _single_threaded():
     return threadpool_limits(limits=1)
 
 
+# glibc returns freed blocks above 128 KiB to the kernel at once (and trims the heap), so
+# every multi-MB numpy temporary of a simulation is page-faulted in again, zeroed, on
+# its next use. These keep freed memory in the process instead (see mallopt(3)); glibc
+# reads them when a process starts, so they reach spawned workers through os.environ.
+MALLOC_ENV = {
+    "default": {},
+    "tuned": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)},
+}
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    """os.environ updated with `values` (for processes started meanwhile), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _timed_blocks(recipe, num_workers, block, blocks, chunk_size=32, seed=0) -> list[dict]:
     """Wall and CPU seconds per block of `block` images from one simulate_split call."""
     from deeplense_tf.simulation import parallel
@@ -168,6 +193,19 @@ def _timed_blocks(recipe, num_workers, block, blocks, chunk_size=32, seed=0) -> 
             if count % block == 0:
                 laps.append(clock.lap())
     return laps
+
+
+def _timed_blocks_in_fresh_process(recipe, block, blocks, chunk_size) -> list[dict]:
+    """`_timed_blocks` on one core in a new process, in the state a worker starts in: a
+    long-lived process (this one, after other cases) can have a warmed-up allocator that
+    makes some classes 2-3x cheaper, which would bias the speed-up."""
+    import multiprocessing
+
+    from deeplense_tf.simulation import parallel
+
+    with _environment(parallel._SINGLE_THREAD_ENV):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_timed_blocks, (recipe, 1, block, blocks, chunk_size))
 
 
 def _summarize(laps, images, prefix) -> dict:
@@ -198,18 +236,28 @@ def _seconds_per_image(recipe, budget_s: float, most: int = 64) -> float:
 
 
 def generation_benchmark(case: Case, repeats: int = 3, max_images: int = 512,
-                         block_seconds: float = 1.0, num_workers: int | None = None) -> dict:
+                         block_seconds: float = 1.0, num_workers: int | None = None,
+                         malloc: str = "default") -> dict:
     """Images/s of `case` on one core and on `num_workers` (default: all) cores.
 
-    Both modes simulate the same examples (same seed and indices) in `repeats + 1`
-    blocks of about `block_seconds` on all cores; the first block absorbs the start-up.
-    The speed-up is the median over blocks of the ratio of the two times for the same
-    images. Besides wall-clock rates it reports CPU milliseconds per image (this process
-    and its workers) and the speed-up these imply on an idle machine: workers x (CPU per
-    image on one core) / (CPU per image, workers and parent together, on all cores)."""
+    One core is `simulate_split(num_workers=1)` in a fresh process, all cores its worker
+    pool; both simulate the same examples (same seed and indices) in `repeats + 1`
+    blocks of about `block_seconds` on all cores, and the first block absorbs the
+    start-up. The speed-up is the median over blocks of the ratio of the two times for
+    the same images. Besides wall-clock rates it reports CPU milliseconds per image (the
+    simulating processes) and the speed-up these imply on an idle machine: workers x
+    (CPU per image on one core) / (CPU per image, workers and parent, on all cores).
+    `malloc`: a key of MALLOC_ENV, the allocator settings of the simulating processes."""
     from deeplense_tf.simulation import parallel
 
     workers = parallel.default_num_workers() if num_workers is None else num_workers
+    with _environment(MALLOC_ENV[malloc]):
+        result = _generation(case, repeats, max_images, block_seconds, workers)
+    result["malloc"] = malloc
+    return result
+
+
+def _generation(case, repeats, max_images, block_seconds, workers) -> dict:
     per_image = _seconds_per_image(case.recipe, block_seconds / 2)
     block = int(np.clip(round(workers * block_seconds / per_image), 4 * workers,
                         max(4 * workers, max_images)))
@@ -217,7 +265,7 @@ def generation_benchmark(case: Case, repeats: int = 3, max_images: int = 512,
     # whole chunks, at least four per worker, so that block boundaries are timed evenly.
     chunk = int(np.clip(block // (4 * workers), 1, 32))
     block -= block % chunk
-    one = _timed_blocks(case.recipe, 1, block, repeats + 1, chunk_size=chunk)
+    one = _timed_blocks_in_fresh_process(case.recipe, block, repeats + 1, chunk)
     result = {"case": case.name, "instrument": case.instrument, "num_pix": case.recipe.num_pix,
               "substructure": case.substructure, "config": case.config,
               "images_per_block": block, "chunk_size": chunk, "repeats": repeats,
@@ -267,14 +315,13 @@ def build_benchmark(work_dir: str, sizes, calibration_sizes=(64, 32, 32), num_wo
     main = timed_build(os.path.join(work_dir, "main"), FULL_SIZES if full else sizes, num_workers)
     result = {"calibration": small, "main": main}
     full_images = sum(FULL_SIZES)
-    if main["images"] > small["images"]:
-        per_image = (main["seconds"] - small["seconds"]) / (main["images"] - small["images"])
+    result["proportional_full_s"] = main["seconds"] * full_images / main["images"]
+    per_image = (main["seconds"] - small["seconds"]) / max(main["images"] - small["images"], 1)
+    if per_image > 0:  # Else the builds were too small for their noise: no fit.
         fixed = small["seconds"] - per_image * small["images"]
-        result.update({
-            "fit_fixed_s": fixed, "fit_s_per_image": per_image,
-            "marginal_images_per_s": 1 / per_image if per_image > 0 else math.inf,
-            "extrapolated_full_s": fixed + per_image * full_images,
-            "proportional_full_s": main["seconds"] * full_images / main["images"]})
+        result.update({"fit_fixed_s": fixed, "fit_s_per_image": per_image,
+                       "marginal_images_per_s": 1 / per_image,
+                       "extrapolated_full_s": fixed + per_image * full_images})
     if full:
         result["full_s"] = main["seconds"]
     return result
@@ -480,14 +527,14 @@ def _time_passes(ds, repeats, expected, name) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-_GENERATION_HEADER = ("| instrument | px | class | config | images/s, 1 core | CPU ms/image, 1 core "
+_GENERATION_HEADER = ("| instrument | px | class | config | malloc | images/s, 1 core | CPU ms/image, 1 core "
                       "| images/s, {workers} cores | CPU ms/image, {workers} cores | speed-up "
                       "(others: cores) | idle-machine speed-up |")
 
 
 def _generation_row(r: dict) -> str:
     row = (f"| {r['instrument']} | {r['num_pix']} | {r['substructure']} | {r['config'] or '-'} | "
-           f"{r['one_core_images_per_s']:.0f} | {r['one_core_cpu_ms_per_image']:.1f} | ")
+           f"{r['malloc']} | {r['one_core_images_per_s']:.0f} | {r['one_core_cpu_ms_per_image']:.1f} | ")
     if "speedup" not in r:
         return row + "- | - | - | - |"
     others = max(r["one_core_other_processes_cores"], r["all_cores_other_processes_cores"])
@@ -504,15 +551,18 @@ def markdown(results: dict) -> str:
              f"{m['load_average_1_5_15_min'][0]}.", ""]
     if results.get("generation"):
         workers = next((r["num_workers"] for r in results["generation"] if "num_workers" in r), 1)
-        lines += [_GENERATION_HEADER.format(workers=workers), "|---" * 10 + "|"]
+        lines += [_GENERATION_HEADER.format(workers=workers), "|---" * 11 + "|"]
         lines += [_generation_row(r) for r in results["generation"]]
         lines += ["", "CPU ms: CPU time per image of this process and its workers; others: "
                   "cores busy with other processes during the timing (median); idle-machine "
-                  "speed-up: workers x CPU per image on one core / CPU per image on all.", ""]
+                  "speed-up: workers x CPU per image on one core / CPU per image on all; "
+                  "malloc tuned: " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV["tuned"].items())
+                  + " in the simulating processes.", ""]
     build = results.get("build")
     if build:
         main = build["main"]
-        lines += [f"Build of `{main['config']}` ({main['images']} images) end to end: "
+        lines += [f"Build of `{main['config']}` ({main['images']} images, malloc "
+                  f"{build['malloc']}) end to end: "
                   f"{main['seconds']:.1f} s, {main['images_per_s']:.0f} images/s, "
                   f"{main['bytes_per_image'] / 1024:.1f} KiB/image on disk."]
         if "extrapolated_full_s" in build:
@@ -520,6 +570,8 @@ def markdown(results: dict) -> str:
                          f"{build['marginal_images_per_s']:.0f} per s: 30k/5k/5k in "
                          f"{build['extrapolated_full_s'] / 60:.1f} min (proportional: "
                          f"{build['proportional_full_s'] / 60:.1f} min).")
+        else:
+            lines.append(f"30k/5k/5k, proportionally: {build['proportional_full_s'] / 60:.1f} min.")
         if "full_s" in build:
             lines.append(f"Full 30k/5k/5k build: {build['full_s'] / 60:.1f} min.")
         lines.append("")
@@ -550,7 +602,7 @@ def markdown(results: dict) -> str:
 
 def run(output: str | None = None, *, images: int = 512, repeats: int = 3,
         block_seconds: float = 1.0, case_names=None, skip_generation: bool = False,
-        num_workers: int | None = None,
+        num_workers: int | None = None, malloc_variants=("default",), build_malloc="default",
         build_sizes=(6_000, 1_000, 1_000), calibration_sizes=(64, 32, 32), full_build=False,
         skip_build=False, profile_train_size: int = 2_000, read_dir: str | None = None,
         work_dir: str | None = None) -> dict:
@@ -563,16 +615,22 @@ def run(output: str | None = None, *, images: int = 512, repeats: int = 3,
         if unknown:
             raise ValueError(f"--cases: unknown {unknown}; expected some of {sorted(known)}")
         selected = [known[n] for n in case_names]
+    for name in list(malloc_variants) + [build_malloc]:
+        if name not in MALLOC_ENV:
+            raise ValueError(f"malloc: unknown {name!r}; expected one of {sorted(MALLOC_ENV)}")
     for case in [] if skip_generation else selected:
-        results["generation"].append(generation_benchmark(
-            case, repeats=repeats, max_images=images, block_seconds=block_seconds,
-            num_workers=num_workers))
-        print(_generation_row(results["generation"][-1]), flush=True)
+        for malloc in malloc_variants:
+            results["generation"].append(generation_benchmark(
+                case, repeats=repeats, max_images=images, block_seconds=block_seconds,
+                num_workers=num_workers, malloc=malloc))
+            print(_generation_row(results["generation"][-1]), flush=True)
     scratch = work_dir or tempfile.mkdtemp(prefix="deeplense_benchmark_")
     try:
         if not skip_build:
-            results["build"] = build_benchmark(scratch, build_sizes, calibration_sizes,
-                                               num_workers, full=full_build)
+            with _environment(MALLOC_ENV[build_malloc]):  # For the builds' workers.
+                results["build"] = build_benchmark(scratch, build_sizes, calibration_sizes,
+                                                   num_workers, full=full_build)
+            results["build"]["malloc"] = build_malloc
             results["main_process"] = main_process_cost()
             if profile_train_size:
                 results["profile"] = profile_build(os.path.join(scratch, "profile"),
@@ -608,6 +666,10 @@ def _define_flags():
     flags.DEFINE_integer("build_test_size", 1_000, "Test images of the timed build.")
     flags.DEFINE_bool("full_build", False, "Build the full 30,000/5,000/5,000 set (minutes).")
     flags.DEFINE_bool("skip_generation", False, "Skip the generation benchmark.")
+    flags.DEFINE_list("malloc", ["default"], "Allocator settings of the simulating processes to "
+                      "measure generation with: default and/or tuned (see MALLOC_ENV).")
+    flags.DEFINE_enum("build_malloc", "default", sorted(MALLOC_ENV), "Allocator settings of the "
+                      "timed builds' workers.")
     flags.DEFINE_bool("skip_build", False, "Skip the build benchmark (read --read_dir if given).")
     flags.DEFINE_integer("profile_train_size", 2_000, "Train images of the profiled build "
                          "(0: no profile).")
@@ -623,6 +685,7 @@ def main(argv):
     f = flags.FLAGS
     results = run(f.output, images=f.images, repeats=f.repeats, block_seconds=f.block_seconds,
                   case_names=f.cases, skip_generation=f.skip_generation, num_workers=f.workers,
+                  malloc_variants=f.malloc, build_malloc=f.build_malloc,
                   build_sizes=(f.build_train_size, f.build_validation_size, f.build_test_size),
                   full_build=f.full_build, skip_build=f.skip_build,
                   profile_train_size=f.profile_train_size, read_dir=f.read_dir,
