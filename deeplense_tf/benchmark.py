@@ -51,7 +51,8 @@ flags.DEFINE_float("max_seconds_per_measurement", _D.max_seconds_per_measurement
                    "Stop adding repeats to a measurement after this many timed seconds.")
 flags.DEFINE_float("max_seconds_per_call", _D.max_seconds_per_call,
                    "Skip an inference batch whose estimated call takes longer (0: never).")
-flags.DEFINE_float("cell_timeout_s", _D.cell_timeout_s, "Time limit of one configuration's process.")
+flags.DEFINE_float("cell_timeout_s", _D.cell_timeout_s, "Time limit of one configuration (a "
+                   "sweep's process gets it for each of its points).")
 flags.DEFINE_float("time_budget_s", _D.time_budget_s,
                    "Start no configuration after this many seconds (0: no limit).")
 flags.DEFINE_list("scaling_models", _D.scaling_models, "Models of the scaling sweeps ('' for none).")

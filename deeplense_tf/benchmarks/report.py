@@ -10,8 +10,8 @@ TensorBoard layout (`tensorboard --logdir DIR`):
     memory/inference_peak_rss_mb/..., memory/train_peak_accelerator_mb/... (GPU),
     cost/params/..., cost/gflops_per_image/...
   run `scaling`: curves whose step is the swept quantity,
-    scaling/<kind>/<model>-<variant>/{train_images_per_s, train_peak_rss_mb,
-      train_rss_above_baseline_mb, gflops_per_image}, kind `batch` (step = batch
+    scaling/<kind>/<model>-<variant>/{train_images_per_s, train_cpu_ms_per_image,
+      train_peak_rss_mb, train_rss_above_baseline_mb, gflops_per_image}, kind `batch` (step = batch
       size), `image_size` (step = image side in px) or `tokens` (step = ViT tokens)
   run `data_chain`: data/simulation_images_per_s_{one_core,all_cores}/<case>,
     data/build_images_per_s/<px>px, data/input_pipeline_{cached,from_records}_images_per_s/<px>px,
@@ -186,13 +186,15 @@ def scaling_section(scaling_results: dict, statements: list[str]) -> list[str]:
         for sweep in scaling_results.get(kind, []):
             x = _sweep_x(kind)
             lines += [f"**{sweep['label']}** ({kind})", "",
-                      f"| {x} | train images/s | step ms | peak RSS MiB | above baseline MiB "
-                      f"| GFLOPs/image | status |", "|---" * 7 + "|"]
+                      f"| {x} | train images/s | step ms | CPU ms/image | others' cores "
+                      f"| peak RSS MiB | above baseline MiB | GFLOPs/image | status |",
+                      "|---" * 9 + "|"]
             for p in sweep["points"]:
                 t = p.get("train", {})
                 added = scaling.memory_above_baseline(p)
                 lines.append(
                     f"| {p[x]} | {_f(_ok(t, 'images_per_s'), '.1f')} | {_f(_ok(t, 'step_ms'))} | "
+                    f"{_f(_ok(t, 'cpu_ms_per_image'))} | {_f(_ok(t, 'other_processes_cores'), '.1f')} | "
                     f"{_f(_ok(t, 'peak_rss_mb'))} | {_f(added)} | "
                     f"{_f(p.get('flops_per_image') and p['flops_per_image'] / 1e9, '.2f')} | "
                     f"{_status(p)} |")
@@ -316,6 +318,7 @@ def write_tensorboard(results: dict, logdir: str) -> None:
                     continue
                 _scalars(writer("scaling"), {
                     f"{base}/train_images_per_s": _ok(t, "images_per_s"),
+                    f"{base}/train_cpu_ms_per_image": _ok(t, "cpu_ms_per_image"),
                     f"{base}/train_peak_rss_mb": _ok(t, "peak_rss_mb"),
                     f"{base}/train_rss_above_baseline_mb": scaling.memory_above_baseline(p),
                     f"{base}/gflops_per_image": p.get("flops_per_image") and p["flops_per_image"] / 1e9,

@@ -394,8 +394,9 @@ def run(config: BenchmarkConfig, output_dir: str, write_outputs: bool = True) ->
         if left < 15:
             _skip_cell(cell, f"not run: the --time_budget_s={config.time_budget_s:g} s was spent")
             continue
-        outcome = cells.run_cell(cell.spec, cell.name, cell_dir,
-                                 timeout_s=min(config.cell_timeout_s, left))
+        # The limit is per configuration: a sweep's process gets it for each point.
+        limit = config.cell_timeout_s * len(cell.spec["points"])
+        outcome = cells.run_cell(cell.spec, cell.name, cell_dir, timeout_s=min(limit, left))
         _merge(cell, outcome)
         print(f"[benchmark] {cell.name}: {outcome['wall_s']:.0f} s"
               + (f" ({outcome['reason']})" if outcome["reason"] else ""), flush=True)

@@ -109,17 +109,19 @@ def test_batch_fit_recovers_fixed_and_per_image_cost():
         p = _point("batch_size", b, b / step, 1.0, peak=600 + 3 * b, batch=b)
         points.append(p)
     fit = scaling.fit_batch(_sweep(points))
+    assert fit["cost_measure"] == "wall time"  # No CPU times in these points.
     assert fit["step_fixed_ms"] == pytest.approx(10, rel=1e-6)
     assert fit["step_ms_per_image"] == pytest.approx(2, rel=1e-6)
-    assert fit["asymptotic_images_per_s"] == pytest.approx(500)
+    assert fit["amortizing_batch"] == pytest.approx(50)
     assert fit["peak_rss_mb_per_image"] == pytest.approx(3)
-    assert "10 ms + 2.00 ms per image" in fit["statement"]
+    assert "10 ms + 2.0 ms per image of wall time" in fit["statement"]
 
 
 def test_growth_fit_states_linear_pixels_and_the_token_crossover():
     pixels = [64**2, 96**2, 150**2]
     linear = [_point("pixels", x, 1e6 / x, 10.0 * x, peak=500 + x / 100) for x in pixels]
     fit = scaling.fit_growth(_sweep(linear), "pixels")
+    assert fit["cost_measure"] == "wall time"  # No CPU times in these points.
     assert fit["time_slope"] == pytest.approx(1.0) and fit["flops_slope"] == pytest.approx(1.0)
     assert fit["memory_slope"] == pytest.approx(1.0)
     assert "about linear" in fit["statement"]
@@ -129,7 +131,7 @@ def test_growth_fit_states_linear_pixels_and_the_token_crossover():
     fit = scaling.fit_growth(_sweep(tokens), "tokens")
     assert fit["time_crossover_tokens"] == pytest.approx(200, rel=1e-3)
     assert 1.0 < fit["time_slope"] < 2.0
-    assert "N = 200" in fit["statement"]
+    assert "N = 200 in wall time" in fit["statement"] and fit["top_time_slope"] > fit["time_slope"]
 
 
 def test_fits_say_when_too_few_points_were_measured():
