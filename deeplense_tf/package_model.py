@@ -22,9 +22,9 @@ MAX_BYTES = 20 * 1024 * 1024
 PLATEAU_NOTE = {
     "log10_m_axion": (
         "Above log10 m_a of about -22.6 the vortex is shorter than ~1.5 Euclid pixels and "
-        "the image carries almost no information about m_a (Delta chi^2 < 5 against the "
-        "m_a -> infinity limit; see the project's PHYSICS notes): predictions flatten there "
-        "and the predicted sigma widens. The binned table shows where."),
+        "the image carries almost no information about m_a (noise-free Delta chi^2 < 5 "
+        "against the m_a -> infinity limit, all of the vortex mass at the centre): "
+        "predictions flatten there. The binned table shows where."),
 }
 
 
@@ -60,8 +60,14 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
         flagfile = "\n".join(line for line in f.read().splitlines()
                              if line.startswith("--") and not line.startswith("--data_dir="))
     model = keras.saving.load_model(os.path.join(workdir, "model.keras"), compile=False)
-    config_name = config["dataset"].split("/")[1].split(":")[0]
-    recipe = recipes.get(config_name.split("__")[0])
+    from deeplense_tf.datasets.deeplense_lensing import deeplense_lensing_dataset_builder as dl
+
+    config_name = config["dataset"].split("/")[1].split(":")[0].split("__")[0]
+    builder_config = dl.Builder.builder_configs.get(config_name)
+    if builder_config is None or not builder_config.recipe:
+        raise ValueError(f"{config['dataset']}: not a simulation config; model cards describe "
+                         "models trained on simulated data sets")
+    recipe = recipes.get(builder_config.recipe)
     instrument = instruments.get(recipe.instrument)
     data_path = input_pipeline.dataset_path(config["data_dir"], config["dataset"])
     cost = models.count_params_and_flops(model)
@@ -156,6 +162,22 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
     for target in meta["targets"]:
         if target in PLATEAU_NOTE:
             lines.append(f"- {PLATEAU_NOTE[target]}")
+        worse = [b for b in metrics["targets"][target]["binned"]
+                 if b["count"] and b["mae"] > b["constant_mae"]]
+        if worse:
+            lines.append(
+                f"- {target}: where the model does worse than the constant predictor (MAE "
+                "against the constant's): "
+                + ", ".join(f"[{b['low']:.2f}, {b['high']:.2f}): {b['mae']:.2f} against "
+                            f"{b['constant_mae']:.2f}" for b in worse)
+                + "; there it pulls the predictions toward neighbouring values.")
+        miscalibrated = [b for b in metrics["targets"][target]["binned"]
+                         if b["count"] and abs(b.get("coverage_68", 0.68) - 0.68) > 0.15]
+        if miscalibrated:
+            lines.append(
+                f"- {target}: the coverage of the 68% intervals varies across the range ("
+                + ", ".join(f"[{b['low']:.2f}, {b['high']:.2f}): {b['coverage_68']:.2f}"
+                            for b in miscalibrated) + ").")
     lines += [
         "- Trained on simulations only (Sersic sources, SIE + shear lenses, a DeepLense vortex): "
         "real lenses with complex sources, lens light or other substructure are out of "
