@@ -105,7 +105,7 @@ class PeakMemory(contextlib.AbstractContextManager):
                 "rss_method": self.rss_method, "peak_accelerator_mb": self.peak_accelerator_mb}
 
 
-class _Clock:
+class Clock:
     """Wall time, CPU time of this process (all its threads) and CPU time the whole
     machine was busy, between laps. On a shared machine wall-clock rates move with
     other processes' load; this process's CPU time per call moves much less, and the
@@ -136,7 +136,7 @@ def timed_calls(call, sync, *, warmup: int = 1, steps: int = 1, repeats: int = 3
                 max_seconds: float = 30.0) -> dict:
     """Times `call()` as described in the module docstring. `sync(result)` must block
     until the result is on the host (device work is asynchronous on GPUs)."""
-    clock = _Clock()
+    clock = Clock()
     sync(call())
     first = clock.lap()[0]
     for _ in range(warmup):

@@ -327,6 +327,12 @@ def pipeline_ratios(results: dict) -> list[dict]:
                     "pipeline_from_records_images_per_s": pipe["from_records_images_per_s"],
                     "ratio_cached": pipe["cached_images_per_s"] / train,
                     "ratio_from_records": pipe["from_records_images_per_s"] / train,
+                    # Load-independent: CPU time per image of a training step over the
+                    # pipeline's (cached), i.e. how many images the pipeline prepares in
+                    # the CPU time the model trains on one.
+                    "cpu_ratio_cached": (row["train"]["cpu_ms_per_image"]
+                                         / pipe["cached_cpu_ms_per_image"]
+                                         if pipe.get("cached_cpu_ms_per_image") else None),
                     "meets_5x": pipe["cached_images_per_s"] >= 5 * train})
     return out
 
