@@ -1,26 +1,30 @@
 r"""Throughput of simulating, building and reading back `deeplense_lensing` data.
 
   python -m deeplense_tf.benchmarks.simulation [--output=results.json] [--images=N]
-      [--repeats=R] [--cases=euclid/axion_vortex,...] [--build_train_size=N]
-      [--full_build] [--skip_build] [--read_dir=DIR]
+      [--repeats=R] [--cases=euclid/axion_vortex,...] [--malloc=default,tuned]
+      [--build_train_size=N] [--full_build] [--skip_generation] [--skip_build]
+      [--read_dir=DIR]
 
-Prints markdown tables and writes every number (with the machine) as JSON. Three
-parts, each a library function that the tests call on tiny sizes:
+Prints markdown tables and writes every number (with the machine and the load from
+other processes, since these machines are shared) as JSON. Three parts, each a
+library function that the tests call on tiny sizes:
 
 1. Generation: images/s per substructure class and instrument through
-   `parallel.simulate_split`, on one core (`num_workers=1`, in this process) and on
-   all cores (one worker process per core). Each call simulates `repeats + 1` timed
-   blocks of about `block_seconds`: the first absorbs the start-up (spawning workers,
-   importing lenstronomy, building the simulator) and is reported as such; the rate
-   is the median over the others.
+   `parallel.simulate_split`, on one core (`num_workers=1`, in a fresh process) and on
+   all cores (one worker process per core), the same images in both. Each call
+   simulates `repeats + 1` timed blocks of about `block_seconds`: the first absorbs
+   the start-up (spawning workers, importing lenstronomy, building the simulator);
+   the rate is the median over the others. `--malloc=tuned` measures it again with
+   glibc told to keep freed memory (MALLOC_ENV).
 2. Build: a `euclid_axion` data set built end to end by the real TFDS builder at two
    sizes, extrapolated linearly (time = a + b * images) to 30,000/5,000/5,000, or
    built at full size with `--full_build`; a cProfile of the builder's process says
    where its time goes (waiting for simulation, encoding, serializing, shuffling and
-   writing).
-3. Read-back: images/s through `tf.data` over the built train split, the TFDS way
-   (all features; without `params`; image left ZLIB-compressed) and the raw way
-   (TFRecord bytes only; one `parse_example` per batch, then ZLIB inflate).
+   writing), and the encoding of one image is timed with and without ZLIB.
+3. Read-back: images/s through `tf.data` over the built train split (or `--read_dir`),
+   the TFDS way (all features; without `params`; image left ZLIB-compressed), the raw
+   way (TFRecord bytes only; one `parse_example` per batch, then ZLIB inflate), and
+   from the same records rewritten without ZLIB.
 """
 
 from __future__ import annotations
@@ -149,8 +153,6 @@ def _single_threaded():
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        import contextlib
-
         return contextlib.nullcontext()
     return threadpool_limits(limits=1)
 
