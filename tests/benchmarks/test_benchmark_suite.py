@@ -139,3 +139,23 @@ def test_fits_say_when_too_few_points_were_measured():
     assert "too few" in scaling.fit_growth(_sweep([failed]), "tokens")["statement"]
     assert "too few" in scaling.fit_batch(_sweep([failed]))["statement"]
     assert scaling.loglog_slope([1], [1]) is None and not math.isnan(scaling.loglog_slope([1, 2], [1, 4]))
+
+
+def test_the_flagfile_parses_into_the_full_matrix():
+    import pathlib
+
+    from absl import flags
+
+    from deeplense_tf import benchmark
+
+    values = flags.FlagValues()  # Its own: other programs' flags live in flags.FLAGS.
+    benchmark.define_flags(values)
+    flagfile = pathlib.Path(__file__).resolve().parents[2] / "configs" / "benchmark.cfg"
+    values(["benchmark", f"--flagfile={flagfile}", "--output_dir=unused"])
+    config = benchmark.config_from_flags(values).validate()
+    assert config.models == ["resnet18", "resnet34", "vit", "hybrid"]
+    assert config.image_sizes == [64, 150] and config.xla == [False, True]
+    assert config.replicas == [1, 2] and config.inference_batch_sizes == [1, 64, 256]
+    assert 0 < config.time_budget_s < 600
+    cells, rows, _, _ = suite.plan(config, num_gpus=0, profile_dir=None)
+    assert len(rows) == 4 * 2 * 2 * 2 and len(cells) == 4 * 2 * 3 + 5
