@@ -25,10 +25,7 @@ from absl import app, flags
 
 from deeplense_tf import build_dataset, evaluate, export, training
 
-_WORKDIR = flags.DEFINE_string("workdir", "quickstart_run", "Where data, runs and reports go.")
-_TRAIN_SIZE = flags.DEFINE_integer("train_size", 3000, "Simulated training images.")
-_TEST_SIZE = flags.DEFINE_integer("test_size", 1000, "Simulated test images.")
-_EPOCHS = flags.DEFINE_integer("epochs", 6, "Training epochs.")
+FLAGS = flags.FLAGS
 
 CONFIG = "model_ii_axion"
 MODEL_NAME = "deeplense_axion"
@@ -112,10 +109,22 @@ def serve_one_request(model_base_path: str, builder) -> dict:
     return {k: np.asarray(v).tolist() for k, v in answer.items()}
 
 
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the command's flags when it runs, so importing this module (a test, a
+    notebook) never clashes with another program's `--workdir` or `--epochs`."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("workdir", "quickstart_run", "Where data, runs and reports go.", **fv)
+    flags.DEFINE_integer("train_size", 3000, "Simulated training images.", **fv)
+    flags.DEFINE_integer("test_size", 1000, "Simulated test images.", **fv)
+    flags.DEFINE_integer("epochs", 6, "Training epochs.", **fv)
+
+
 def main(argv):
-    del argv
-    run(_WORKDIR.value, _TRAIN_SIZE.value, _EPOCHS.value, _TEST_SIZE.value)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run(FLAGS.workdir, FLAGS.train_size, FLAGS.epochs, FLAGS.test_size)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -21,46 +21,52 @@ from deeplense_tf import training
 FLAGS = flags.FLAGS
 _DEFAULTS = training.TrainConfig(data_dir="", dataset="", targets=[])
 
-flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, model).", required=True)
-flags.DEFINE_string("data_dir", None, "TFDS data directory holding the prepared data set.")
-flags.DEFINE_string("dataset", None, "'deeplense_lensing/CONFIG[:VERSION]'.")
-flags.DEFINE_list("targets", ["log10_m_axion"], "Target feature(s) to regress.")
-flags.DEFINE_string("model", _DEFAULTS.model, "Backbone: one of deeplense_tf.models.list_models().")
-flags.DEFINE_string("variant", _DEFAULTS.variant, "Model variant ('' = the model's default).")
-flags.DEFINE_list("model_overrides", [], "Variant hyperparameters to change, as key=value "
-                  "(e.g. width=48,stem=s2).")
-flags.DEFINE_enum("loss", _DEFAULTS.loss, list(training.LOSSES),
-                  "gaussian_nll trains a Gaussian head (mean and sigma); mse/huber a point head.")
-flags.DEFINE_float("huber_delta", _DEFAULTS.huber_delta, "Huber transition, standardized units.")
-flags.DEFINE_enum("normalization", _DEFAULTS.normalization,
-                  ["none", "per_image_standardization", "per_image_minmax", "asinh", "global"],
-                  "Image normalization inside the model.")
-flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random dihedral (8-fold) augmentation.")
-flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the head.")
-flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs.")
-flags.DEFINE_integer("train_steps", _DEFAULTS.train_steps, "If > 0, train this many steps instead.")
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size (all replicas).")
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Peak AdamW learning rate.")
-flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW decoupled weight decay.")
-flags.DEFINE_float("warmup_epochs", _DEFAULTS.warmup_epochs, "Linear warm-up, then cosine decay.")
-flags.DEFINE_float("min_learning_rate_ratio", _DEFAULTS.min_learning_rate_ratio,
-                   "Final learning rate as a fraction of the peak.")
-flags.DEFINE_float("grad_clip_norm", _DEFAULTS.grad_clip_norm, "Global gradient-norm clip (0: off).")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialization, shuffling and augmentation.")
-flags.DEFINE_enum("strategy", _DEFAULTS.strategy, list(training.STRATEGIES), "tf.distribute strategy.")
-flags.DEFINE_string("tpu", _DEFAULTS.tpu, "TPU address for --strategy=tpu.")
-flags.DEFINE_enum("jit_compile", _DEFAULTS.jit_compile, list(training.JIT),
-                  "XLA; auto = on for GPU/TPU, off on CPU (where it is 10-20x slower).")
-flags.DEFINE_enum("mixed_precision", _DEFAULTS.mixed_precision, list(training.MIXED_PRECISION),
-                  "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU.")
-flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Validation batch size.")
-flags.DEFINE_integer("log_every_steps", _DEFAULTS.log_every_steps, "TensorBoard/log interval.")
-flags.DEFINE_integer("checkpoint_every_steps", _DEFAULTS.checkpoint_every_steps,
-                     "If > 0, also checkpoint within epochs.")
-flags.DEFINE_integer("train_examples", _DEFAULTS.train_examples,
-                     "If > 0, train on the first N training examples only (learning curves).")
-flags.DEFINE_enum("cache", _DEFAULTS.cache, list(training.CACHE),
-                  "Cache decoded data in memory (auto: if it fits in 40% of free memory).")
+
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the command's flags when it runs (or into a test's own FlagValues), so
+    importing this module never clashes with another program's `--workdir`."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, model).", required=True, **fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory holding the prepared data set.", **fv)
+    flags.DEFINE_string("dataset", None, "'deeplense_lensing/CONFIG[:VERSION]'.", **fv)
+    flags.DEFINE_list("targets", ["log10_m_axion"], "Target feature(s) to regress.", **fv)
+    flags.DEFINE_string("model", _DEFAULTS.model, "Backbone: one of deeplense_tf.models.list_models().", **fv)
+    flags.DEFINE_string("variant", _DEFAULTS.variant, "Model variant ('' = the model's default).", **fv)
+    flags.DEFINE_list("model_overrides", [], "Variant hyperparameters to change, as key=value "
+                      "(e.g. width=48,stem=s2).", **fv)
+    flags.DEFINE_enum("loss", _DEFAULTS.loss, list(training.LOSSES),
+                      "gaussian_nll trains a Gaussian head (mean and sigma); mse/huber a point head.", **fv)
+    flags.DEFINE_float("huber_delta", _DEFAULTS.huber_delta, "Huber transition, standardized units.", **fv)
+    flags.DEFINE_enum("normalization", _DEFAULTS.normalization,
+                      ["none", "per_image_standardization", "per_image_minmax", "asinh", "global"],
+                      "Image normalization inside the model.", **fv)
+    flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random dihedral (8-fold) augmentation.", **fv)
+    flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout before the head.", **fv)
+    flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs.", **fv)
+    flags.DEFINE_integer("train_steps", _DEFAULTS.train_steps, "If > 0, train this many steps instead.", **fv)
+    flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size (all replicas).", **fv)
+    flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Peak AdamW learning rate.", **fv)
+    flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW decoupled weight decay.", **fv)
+    flags.DEFINE_float("warmup_epochs", _DEFAULTS.warmup_epochs, "Linear warm-up, then cosine decay.", **fv)
+    flags.DEFINE_float("min_learning_rate_ratio", _DEFAULTS.min_learning_rate_ratio,
+                       "Final learning rate as a fraction of the peak.", **fv)
+    flags.DEFINE_float("grad_clip_norm", _DEFAULTS.grad_clip_norm, "Global gradient-norm clip (0: off).", **fv)
+    flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialization, shuffling and augmentation.", **fv)
+    flags.DEFINE_enum("strategy", _DEFAULTS.strategy, list(training.STRATEGIES), "tf.distribute strategy.", **fv)
+    flags.DEFINE_string("tpu", _DEFAULTS.tpu, "TPU address for --strategy=tpu.", **fv)
+    flags.DEFINE_enum("jit_compile", _DEFAULTS.jit_compile, list(training.JIT),
+                      "XLA; auto = on for GPU/TPU, off on CPU (where it is 10-20x slower).", **fv)
+    flags.DEFINE_enum("mixed_precision", _DEFAULTS.mixed_precision, list(training.MIXED_PRECISION),
+                      "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU.", **fv)
+    flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Validation batch size.", **fv)
+    flags.DEFINE_integer("log_every_steps", _DEFAULTS.log_every_steps, "TensorBoard/log interval.", **fv)
+    flags.DEFINE_integer("checkpoint_every_steps", _DEFAULTS.checkpoint_every_steps,
+                         "If > 0, also checkpoint within epochs.", **fv)
+    flags.DEFINE_integer("train_examples", _DEFAULTS.train_examples,
+                         "If > 0, train on the first N training examples only (learning curves).", **fv)
+    flags.DEFINE_enum("cache", _DEFAULTS.cache, list(training.CACHE),
+                      "Cache decoded data in memory (auto: if it fits in 40% of free memory).", **fv)
+
 
 _CONFIG_FLAGS = [f.name for f in dataclasses.fields(training.TrainConfig)]
 
@@ -78,13 +84,14 @@ def _parse_overrides(items) -> dict:
     return overrides
 
 
-def config_from_flags() -> training.TrainConfig:
+def config_from_flags(flag_values=FLAGS) -> training.TrainConfig:
+    """The TrainConfig the parsed flags describe (flags defined by `define_flags`)."""
     for name in ("data_dir", "dataset"):
-        if not FLAGS[name].value:
+        if not flag_values[name].value:
             raise app.UsageError(f"--{name} is required")
-    values = {name: FLAGS[name].value for name in _CONFIG_FLAGS}
-    values["model_overrides"] = _parse_overrides(FLAGS.model_overrides)
-    values["targets"] = list(FLAGS.targets)
+    values = {name: flag_values[name].value for name in _CONFIG_FLAGS}
+    values["model_overrides"] = _parse_overrides(flag_values.model_overrides)
+    values["targets"] = list(flag_values.targets)
     return training.TrainConfig(**values).validate()
 
 
@@ -99,4 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -33,15 +33,13 @@ def test_header_says_command_machine_time_and_result(path):
 def test_training_flagfile_resolves_and_builds(path, tmp_path):
     from absl import flags
 
-    from deeplense_tf import models, train  # noqa: F401  (defines the training flags)
+    from deeplense_tf import models, train
     from deeplense_tf.simulation import recipes
 
-    FLAGS = flags.FLAGS
-    try:
-        FLAGS(["train", f"--flagfile={path}", f"--workdir={tmp_path}", "--data_dir=DATA"])
-        config = train.config_from_flags()
-    finally:
-        FLAGS.unparse_flags()
+    flag_values = flags.FlagValues()
+    train.define_flags(flag_values)
+    flag_values(["train", f"--flagfile={path}", f"--workdir={tmp_path}", "--data_dir=DATA"])
+    config = train.config_from_flags(flag_values)
     recipe = recipes.get(config.dataset.split("/")[1].split(":")[0].removesuffix("_tiny"))
     n = recipe.num_pix
     for target in config.targets:
@@ -52,3 +50,21 @@ def test_training_flagfile_resolves_and_builds(path, tmp_path):
         target_mean=[0.0] * len(config.targets), target_std=[1.0] * len(config.targets),
         variant=config.variant or None, **config.model_overrides)
     assert models.count_params_and_flops(model).params * 4 < 20 * 2**20  # shippable size
+
+
+def test_command_modules_import_together_without_defining_flags():
+    """Importing a command's module (a test, a notebook, another command) defines no flag:
+    the commands share names such as --workdir and --data_dir, so each defines its flags
+    only when it runs."""
+    import subprocess
+    import sys
+
+    modules = ["train", "quickstart", "evaluate", "export", "serve", "build_dataset",
+               "package_model", "benchmark", "eda"]
+    code = ("from absl import flags\n"
+            + "".join(f"import deeplense_tf.{m}\n" for m in modules)
+            + "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'deeplense' in m))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
