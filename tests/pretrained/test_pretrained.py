@@ -1,6 +1,7 @@
 """Shipped models load offline and predict in physical units; packaging writes honest cards."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -83,3 +84,27 @@ def test_package_a_run_into_a_card(tiny_data, tmp_path):
         evaluate.run(str(tmp_path / "run" / "model.keras"), tiny_data, dataset,
                      str(tmp_path / "ev2"), split="validation")
         package_model.package(str(tmp_path / "run"), str(tmp_path / "ev2"), "x", str(out))
+
+
+def test_results_table_comes_from_the_shipped_metadata_and_matches_the_readme():
+    from deeplense_tf.pretrained.__main__ import results_table
+
+    table = results_table()
+    for name in SHIPPED:
+        meta = pretrained.info(name)
+        for target in meta["targets"]:
+            assert f"| `{name}` |" in table
+            assert f"{meta['test'][target]['model']['mae']:.4f}" in table
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for row in table.splitlines()[2:]:
+        assert row in readme, f"README's results table is stale; run python -m deeplense_tf.pretrained:\n{row}"
+
+
+@pytest.mark.slow
+def test_readme_pretrained_example_runs_as_written(capsys):
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = readme.split("<!-- pretrained-example -->", 1)[1]
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.count("predicted") == 8 and "Model card" in out
