@@ -161,10 +161,26 @@ def _single_threaded():
 # every multi-MB numpy temporary of a simulation is page-faulted in again, zeroed, on
 # its next use. These keep freed memory in the process instead (see mallopt(3)); glibc
 # reads them when a process starts, so they reach spawned workers through os.environ.
+# "default": glibc's own settings; "tuned": the settings `parallel` gives its workers.
 MALLOC_ENV = {
     "default": {},
     "tuned": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)},
 }
+
+
+@contextlib.contextmanager
+def _malloc(name: str):
+    """Allocator settings `name` for the processes started meanwhile: the fresh one-core
+    process (through the environment) and `parallel`'s spawned workers."""
+    from deeplense_tf.simulation import parallel
+
+    package_setting = parallel._WORKER_MALLOC_ENV
+    parallel._WORKER_MALLOC_ENV = MALLOC_ENV[name]
+    try:
+        with _environment(MALLOC_ENV[name]):
+            yield
+    finally:
+        parallel._WORKER_MALLOC_ENV = package_setting
 
 
 @contextlib.contextmanager
@@ -253,7 +269,7 @@ def generation_benchmark(case: Case, repeats: int = 3, max_images: int = 512,
     from deeplense_tf.simulation import parallel
 
     workers = parallel.default_num_workers() if num_workers is None else num_workers
-    with _environment(MALLOC_ENV[malloc]):
+    with _malloc(malloc):
         result = _generation(case, repeats, max_images, block_seconds, workers)
     result["malloc"] = malloc
     return result
@@ -604,7 +620,7 @@ def markdown(results: dict) -> str:
 
 def run(output: str | None = None, *, images: int = 512, repeats: int = 3,
         block_seconds: float = 1.0, case_names=None, skip_generation: bool = False,
-        num_workers: int | None = None, malloc_variants=("default",), build_malloc="default",
+        num_workers: int | None = None, malloc_variants=("default",), build_malloc="tuned",
         build_sizes=(6_000, 1_000, 1_000), calibration_sizes=(64, 32, 32), full_build=False,
         skip_build=False, profile_train_size: int = 2_000, read_dir: str | None = None,
         work_dir: str | None = None) -> dict:
@@ -629,7 +645,7 @@ def run(output: str | None = None, *, images: int = 512, repeats: int = 3,
     scratch = work_dir or tempfile.mkdtemp(prefix="deeplense_benchmark_")
     try:
         if not skip_build:
-            with _environment(MALLOC_ENV[build_malloc]):  # For the builds' workers.
+            with _malloc(build_malloc):  # For the builds' workers.
                 results["build"] = build_benchmark(scratch, build_sizes, calibration_sizes,
                                                    num_workers, full=full_build)
             results["build"]["malloc"] = build_malloc
@@ -670,7 +686,7 @@ def _define_flags():
     flags.DEFINE_bool("skip_generation", False, "Skip the generation benchmark.")
     flags.DEFINE_list("malloc", ["default"], "Allocator settings of the simulating processes to "
                       "measure generation with: default and/or tuned (see MALLOC_ENV).")
-    flags.DEFINE_enum("build_malloc", "default", sorted(MALLOC_ENV), "Allocator settings of the "
+    flags.DEFINE_enum("build_malloc", "tuned", sorted(MALLOC_ENV), "Allocator settings of the "
                       "timed builds' workers.")
     flags.DEFINE_bool("skip_build", False, "Skip the build benchmark (read --read_dir if given).")
     flags.DEFINE_integer("profile_train_size", 2_000, "Train images of the profiled build "

@@ -33,7 +33,7 @@ def test_tiny_run_writes_json_with_every_part(tmp_path):
     assert row["one_core_cpu_ms_per_image"] >= 0 and "idle_machine_speedup" in row
 
     build = saved["build"]
-    assert build["malloc"] == "default"
+    assert build["malloc"] == "tuned"  # what build_dataset's workers get
     assert build["main"]["images"] == 48 and build["calibration"]["images"] == 16
     assert build["main"]["config"] == "euclid_axion__32_8_8_seed0"
     # Tiny builds are too noisy for the linear fit to be meaningful, not to be written.

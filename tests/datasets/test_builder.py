@@ -56,6 +56,15 @@ def test_parallel_generation_does_not_change_the_images():
     assert [lens.substructure for _, lens in serial[:3]] == ["no_sub", "cdm", "axion"]
 
 
+def test_workers_keep_freed_memory_unless_the_user_set_malloc(monkeypatch):
+    for key in parallel._WORKER_MALLOC_ENV:
+        monkeypatch.delenv(key, raising=False)
+    env = parallel._worker_env()
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20) and env["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert parallel._worker_env()["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
 def test_splits_are_disjoint_and_carry_targets_and_params(tmp_path):
     builder = build_dataset.build("euclid_classes_tiny", str(tmp_path), num_workers=1)
     seen = {}
