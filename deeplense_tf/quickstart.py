@@ -3,7 +3,8 @@ r"""The main job on an embedded default, end to end, in minutes on a laptop CPU.
   python -m deeplense_tf.quickstart --workdir=quickstart_run
 
 1. simulates a small DeepLense Model II axion data set (3,000 / 500 / 1,000 images),
-2. trains a small ResNet with a Gaussian head on it (log10 m_a with uncertainties),
+2. trains a small ResNet with a Gaussian head on it (log10 m_a with uncertainties) with
+   configs/quickstart.cfg,
 3. evaluates it on the whole test split beside the constant predictor,
 4. exports it in TF Serving's layout,
 5. starts the local TF-Serving-compatible REST endpoint, sends one request with the
@@ -23,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 
 from absl import app, flags
 
-from deeplense_tf import build_dataset, evaluate, export, training
+from deeplense_tf import build_dataset, evaluate, export, train, training
 
 FLAGS = flags.FLAGS
 
@@ -31,15 +32,22 @@ CONFIG = "model_ii_axion"
 MODEL_NAME = "deeplense_axion"
 
 
-def default_train_config(data_dir: str, dataset: str, epochs: int) -> training.TrainConfig:
-    """A ResNet-18 at width 16 with a stride-2 stem (small enough for a laptop CPU), asinh
-    normalization (the best of five measured; see README)."""
-    return training.TrainConfig(
-        data_dir=data_dir, dataset=dataset, targets=["log10_m_axion"], model="resnet18",
-        variant="S", model_overrides={"width": 16, "stem": "s2"}, loss="gaussian_nll",
-        normalization="asinh",
-        epochs=epochs, batch_size=64, learning_rate=2e-3, weight_decay=0.05, warmup_epochs=0.5,
-        log_every_steps=10)
+def flagfile() -> str:
+    """configs/quickstart.cfg, the training flagfile (installed with the package)."""
+    from importlib import resources
+
+    return str(resources.files("deeplense_tf.configs") / "quickstart.cfg")
+
+
+def default_train_config(data_dir: str, dataset: str, epochs: int | None = None
+                         ) -> training.TrainConfig:
+    """The TrainConfig of configs/quickstart.cfg, on `dataset` in `data_dir`."""
+    flag_values = flags.FlagValues()
+    train.define_flags(flag_values)
+    argv = ["quickstart", f"--flagfile={flagfile()}", "--workdir=unused",
+            f"--data_dir={data_dir}", f"--dataset={dataset}"]
+    flag_values(argv + ([f"--epochs={epochs}"] if epochs is not None else []))
+    return train.config_from_flags(flag_values)
 
 
 def run(workdir: str, train_size: int = 3000, epochs: int = 6, test_size: int = 1000,
@@ -59,12 +67,13 @@ def run(workdir: str, train_size: int = 3000, epochs: int = 6, test_size: int = 
     config = default_train_config(data_dir, dataset, epochs)
     t0 = time.perf_counter()
     summary = training.train_and_evaluate(config, run_dir)
-    print(f"[2/5] trained {config.model} (width 16) for {summary['steps']} steps "
+    print(f"[2/5] trained {config.model} (configs/quickstart.cfg) for {summary['steps']} steps "
           f"({time.perf_counter() - t0:.0f} s): best validation loss "
           f"{summary['best_validation_loss']:.3f} at epoch {summary['best_epoch']}\n"
           f"      model: {os.path.join(run_dir, 'model.keras')}\n"
           f"      TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}\n"
-          f"      command: {training.command_line(config, run_dir)}")
+          f"      command: python -m deeplense_tf.train --flagfile=configs/quickstart.cfg "
+          f"--data_dir={data_dir} --dataset={dataset} --epochs={config.epochs} --workdir={run_dir}")
     t0 = time.perf_counter()
     report_dir = os.path.join(workdir, "report")
     results = evaluate.run(os.path.join(run_dir, "model.keras"), data_dir, dataset, report_dir)

@@ -40,7 +40,8 @@ def test_training_flagfile_resolves_and_builds(path, tmp_path):
     train.define_flags(flag_values)
     flag_values(["train", f"--flagfile={path}", f"--workdir={tmp_path}", "--data_dir=DATA"])
     config = train.config_from_flags(flag_values)
-    recipe = recipes.get(config.dataset.split("/")[1].split(":")[0].removesuffix("_tiny"))
+    name = config.dataset.split("/")[1].split(":")[0].split("__")[0]
+    recipe = recipes.get(name.removesuffix("_tiny"))
     n = recipe.num_pix
     for target in config.targets:
         assert target in recipe.targets or target in recipe.param_names, target
