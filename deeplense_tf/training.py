@@ -113,12 +113,9 @@ class TrainConfig:
         return "gaussian" if self.loss == "gaussian_nll" else "point"
 
 
-def _flag_items(config: TrainConfig, only_changed: bool = False):
+def _flag_items(config: TrainConfig):
     """(flag name, value as the command line spells it) for each field of `config`."""
-    defaults = dataclasses.asdict(TrainConfig(data_dir="", dataset="", targets=[]))
     for name, value in dataclasses.asdict(config).items():
-        if only_changed and value == defaults[name] and name not in ("data_dir", "dataset"):
-            continue
         if isinstance(value, list):
             value = ",".join(map(str, value))
         elif isinstance(value, dict):
@@ -126,12 +123,6 @@ def _flag_items(config: TrainConfig, only_changed: bool = False):
         elif isinstance(value, bool):
             value = str(value).lower()
         yield name, value
-
-
-def command_line(config: TrainConfig, workdir: str) -> str:
-    """The `python -m deeplense_tf.train ...` command that runs `config` (non-default flags)."""
-    return " ".join(["python -m deeplense_tf.train", f"--workdir={workdir}"] +
-                    [f"--{k}={v}" for k, v in _flag_items(config, only_changed=True)])
 
 
 def write_flagfile(config: TrainConfig, workdir: str) -> None:

@@ -61,6 +61,9 @@ def test_workers_keep_freed_memory_unless_the_user_set_malloc(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     env = parallel._worker_env()
     assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20) and env["OMP_NUM_THREADS"] == "1"
+    from deeplense_tf.benchmarks import simulation as simulation_benchmark
+
+    assert simulation_benchmark.MALLOC_ENV["tuned"] == parallel._WORKER_MALLOC_ENV
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     assert parallel._worker_env()["MALLOC_TRIM_THRESHOLD_"] == "65536"
 
