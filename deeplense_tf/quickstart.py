@@ -50,8 +50,9 @@ def default_train_config(data_dir: str, dataset: str, epochs: int | None = None
     return train.config_from_flags(flag_values)
 
 
-def run(workdir: str, train_size: int = 3000, epochs: int = 6, test_size: int = 1000,
-        validation_size: int = 500) -> dict:
+def run(workdir: str, train_size: int = 3000, epochs: int | None = None,
+        test_size: int = 1000, validation_size: int = 500) -> dict:
+    """The five steps; `epochs` None trains for configs/quickstart.cfg's epochs."""
     data_dir = os.path.join(workdir, "data")
     t0 = time.perf_counter()
     builder = build_dataset.build(CONFIG, data_dir, train_size=train_size,
@@ -125,7 +126,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("workdir", "quickstart_run", "Where data, runs and reports go.", **fv)
     flags.DEFINE_integer("train_size", 3000, "Simulated training images.", **fv)
     flags.DEFINE_integer("test_size", 1000, "Simulated test images.", **fv)
-    flags.DEFINE_integer("epochs", 6, "Training epochs.", **fv)
+    flags.DEFINE_integer("epochs", None, "Training epochs (default: configs/quickstart.cfg's).",
+                         **fv)
 
 
 def main(argv):
