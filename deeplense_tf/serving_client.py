@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import math
 import threading
 import time
 import urllib.parse
@@ -93,19 +94,87 @@ def _model_path(model_name: str, version: int | None, label: str | None) -> str:
     return path
 
 
+# Every number is written as a sign (or a blank), nine significant digits and a
+# two-digit exponent, " 850624204e-09": 14 bytes, which give back the same float32.
+# The brackets and commas around it are padded with blanks to a fixed width as well,
+# so that every element of an array takes the same bytes and numpy writes the whole
+# text in a few vectorized steps (2-3x faster than formatting number by number). It is
+# plain JSON to any reader; ``serving_protocol`` recognises the layout and reads it
+# back without parsing the numbers one by one.
+NUMBER_WIDTH = 14
+_POW10 = 10.0 ** np.arange(-64, 65)  # index k + 64
+_THREE_DIGITS = np.array([list(b"%03d" % i) for i in range(1000)], np.uint8)
+_EXPONENTS = np.array([list(b"e%+03d" % k) for k in range(-64, 64)], np.uint8)  # index k + 64
+_ZERO = np.frombuffer(b"0e+00".rjust(NUMBER_WIDTH), np.uint8)
+
+
 @functools.lru_cache(maxsize=16)
-def _template(shape: tuple[int, ...]) -> str:
-    """A %-format string printing one image of ``shape`` as nested JSON lists."""
-    text = "%.9g"  # nine significant digits give back the same float32
-    for size in reversed(shape):
-        text = "[" + ",".join([text] * size) + "]"
-    return text
+def item_frame(shape: tuple[int, ...]) -> np.ndarray:
+    """The fixed-width layout of one item (an image) of ``shape``, blanks for the numbers.
+
+    One row of ``2 * len(shape) + 15`` bytes per element: its opening brackets
+    (right-aligned in ``len(shape)`` bytes), the number (``NUMBER_WIDTH`` bytes), its
+    closing brackets (left-aligned in ``len(shape)`` bytes) and a comma, a blank after
+    the item's last element. Read-only; a batch of items wraps each row in one more
+    bracket column on either side (``batch_frame``).
+    """
+    rank, count = len(shape), math.prod(shape)
+    index = np.indices(shape).reshape(rank, count).T
+    last = np.array(shape) - 1
+    frame = np.full((count, 2 * rank + NUMBER_WIDTH + 1), ord(" "), np.uint8)
+    for axis in range(rank):
+        frame[(index[:, axis:] == 0).all(axis=1), axis] = ord("[")
+        frame[(index[:, axis:] == last[axis:]).all(axis=1), rank + NUMBER_WIDTH + rank - 1 - axis] = ord("]")
+    frame[:-1, -1] = ord(",")
+    frame.flags.writeable = False
+    return frame
 
 
-def encode_images(images: np.ndarray) -> str:
-    """JSON text of a float32 batch, fast: one C-level format call per image."""
-    template = _template(images.shape[1:])
-    return "[" + ",".join(template % tuple(image.ravel().tolist()) for image in images) + "]"
+def batch_frame(shape: tuple[int, ...]) -> np.ndarray:
+    """A new (elements, 2 * len(shape) + 15) layout of a batch of ``shape[0]`` items."""
+    item = item_frame(tuple(shape[1:]))
+    width = item.shape[1] + 2
+    frame = np.empty((shape[0], len(item), width), np.uint8)
+    frame[:, :, 1:-2] = item[:, :-1]  # all but the item's comma
+    frame[:, :, 0] = frame[:, :, -2] = ord(" ")
+    frame[:, :, -1] = ord(",")
+    frame[0, 0, 0], frame[-1, -1, -2], frame[-1, -1, -1] = ord("["), ord("]"), ord(" ")
+    return frame.reshape(-1, width)
+
+
+def encode_images(images) -> bytes:
+    """JSON text of a float32 array (any shape with no empty axis), losslessly and fast."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.size == 0 or images.ndim == 0:
+        raise ValueError(f"expected a non-empty array, got shape {images.shape}")
+    values = images.astype(np.float64).ravel()
+    if not np.isfinite(values).all():
+        raise ValueError("JSON has no NaN or infinite numbers")
+    magnitude = np.abs(values)
+    zero = magnitude == 0
+    magnitude[zero] = 1.0
+    # value = mantissa * 10**exponent with a mantissa of exactly nine digits.
+    exponent = np.floor(np.log10(magnitude)).astype(np.int64) - 8
+    mantissa = np.rint(magnitude * _POW10[64 - exponent]).astype(np.int64)
+    off = (mantissa >= 1_000_000_000).astype(np.int64) - (mantissa < 100_000_000)
+    if off.any():  # log10 rounded across a power of ten
+        exponent += off
+        mantissa = np.rint(magnitude * _POW10[64 - exponent]).astype(np.int64)
+    high, rest = np.divmod(mantissa, 1_000_000)
+    middle, low = np.divmod(rest, 1000)
+    rank = images.ndim
+    text = batch_frame(images.shape)
+    number = text[:, rank:rank + NUMBER_WIDTH]
+    number[:, 0] = np.where(np.signbit(values), np.uint8(ord("-")), np.uint8(ord(" ")))
+    number[:, 1:4] = _THREE_DIGITS[high]
+    number[:, 4:7] = _THREE_DIGITS[middle]
+    number[:, 7:10] = _THREE_DIGITS[low]
+    number[:, 10:] = _EXPONENTS[exponent + 64]
+    if zero.any():
+        negative = zero & np.signbit(values)
+        number[zero] = _ZERO
+        number[negative, NUMBER_WIDTH - 6] = ord("-")
+    return text.tobytes()
 
 
 def _as_batch(images) -> np.ndarray:
@@ -188,12 +257,12 @@ def predict(
             for i in range(0, len(batch), max_batch_size)
         ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    body = '{"inputs": {' + json.dumps(input_name) + ": " + encode_images(batch) + "}"
+    body = b'{"inputs": {' + json.dumps(input_name).encode() + b": " + encode_images(batch) + b"}"
     if signature_name:
-        body += ', "signature_name": ' + json.dumps(signature_name)
-    body += "}"
+        body += b', "signature_name": ' + json.dumps(signature_name).encode()
+    body += b"}"
     path = _model_path(model_name, version, label) + ":predict"
-    outputs = _request(url_or_host, "POST", path, body.encode(), timeout)["outputs"]
+    outputs = _request(url_or_host, "POST", path, body, timeout)["outputs"]
     if not isinstance(outputs, dict):
         name = _single_output_name(url_or_host, model_name, version, label, signature_name or "", timeout)
         outputs = {name: outputs}

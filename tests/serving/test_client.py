@@ -79,6 +79,34 @@ def test_image_encoding_is_lossless_json(contract):
     np.testing.assert_array_equal(decoded, images)
 
 
+def test_encoding_gives_back_every_float32_bit_for_bit():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = values[np.isfinite(values)]  # every exponent, subnormals, both signs
+    extremes = [0.0, -0.0, 1.0, -1.0, 10.0, 1e9, 123456789.0, 0.1, 1e-45, -1e-45]
+    values = np.concatenate([np.float32(extremes), np.finfo(np.float32).max * np.float32([1, -1]),
+                             np.finfo(np.float32).tiny * np.float32([1, -1]), values])
+    decoded = np.array(json.loads(serving_client.encode_images(values)), dtype=np.float32)
+    np.testing.assert_array_equal(decoded.view(np.uint32), values.view(np.uint32))  # -0.0 too
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), (2, 1), (1, 3, 2), (2, 3, 4, 1), (2, 1, 1, 2, 1)])
+def test_encoding_is_a_json_array_of_the_shape_in_a_fixed_width_layout(shape):
+    values = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    text = serving_client.encode_images(values)
+    np.testing.assert_array_equal(np.array(json.loads(text), dtype=np.float32), values)
+    width = 2 * len(shape) + serving_client.NUMBER_WIDTH + 1
+    assert len(text) == values.size * width
+    assert text.startswith(b"[" * len(shape)) and text.rstrip().endswith(b"]" * len(shape))
+
+
+def test_encoding_refuses_what_json_cannot_hold():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        serving_client.encode_images(np.float32([1.0, np.inf]))
+    with pytest.raises(ValueError, match="non-empty"):
+        serving_client.encode_images(np.zeros((0, 2), np.float32))
+
+
 @pytest.mark.parametrize(
     "name, message_name",
     [

@@ -203,6 +203,57 @@ def test_fast_array_path_agrees_with_json_and_refuses_what_json_refuses():
     assert accepted > 300
 
 
+def _json_array(data: bytes):
+    try:
+        return np.array(json.loads(data), dtype=np.float64)
+    except ValueError:  # invalid JSON or ragged
+        return None
+
+
+def test_fixed_width_reader_takes_the_clients_layout_exactly():
+    from deeplense_tf import serving_client
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        inner = tuple(int(d) for d in rng.integers(1, 4, int(rng.integers(1, 4))))
+        values = rng.standard_normal((int(rng.integers(1, 4)), *inner)) * 10.0 ** rng.uniform(-44, 38)
+        values = values.astype(np.float32)
+        if trial % 2:
+            values.flat[0], values.flat[-1] = 0.0, -0.0
+        text = serving_client.encode_images(values)
+        if trial % 3 == 0:
+            text = text.rstrip()  # how the request parser cuts the array out of the body
+        array = protocol._fixed_width_array(text, inner)
+        assert array is not None
+        # The value strtod gives (json reads numbers with it), sign of zero included.
+        np.testing.assert_array_equal(array.view(np.int64), _json_array(text).view(np.int64))
+        assert array.astype(np.float32).tobytes() == values.tobytes()
+
+
+def test_fixed_width_reader_accepts_no_text_that_json_reads_differently():
+    from deeplense_tf import serving_client
+
+    rng = np.random.default_rng(4)
+    accepted = refused = 0
+    for trial in range(1500):
+        inner = (2, int(rng.integers(1, 3)), 1)
+        values = (rng.standard_normal((int(rng.integers(1, 3)), *inner)) * 10.0 ** rng.uniform(-30, 30)).astype(np.float32)
+        values.flat[int(rng.integers(values.size))] = 0.0
+        data = bytearray(serving_client.encode_images(values))
+        for _ in range(int(rng.integers(1, 3))):
+            data[int(rng.integers(len(data)))] = int(rng.choice(list(b"0123456789.eE+-,[] ")))
+        data = bytes(data)
+        array = protocol._fixed_width_array(data, inner)
+        reference = _json_array(data)
+        if array is None:
+            refused += 1
+            continue
+        accepted += 1  # e.g. a digit changed in place: still the layout, another number
+        assert reference is not None and reference.shape == array.shape, data
+        np.testing.assert_array_equal(array.view(np.int64), reference.view(np.int64))
+    assert accepted > 100 and refused > 100
+
+
 def test_fast_path_gives_the_same_request_as_the_exact_path():
     images = (np.random.default_rng(1).random((3, 2, 2, 1)) * 100).astype(np.float32)
     for body in (
