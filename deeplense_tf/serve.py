@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from deeplense_tf import serving_protocol as protocol
 from deeplense_tf.serving_repository import ModelRepository, RepositoryPoller, freeze_heap, repositories_from_config
 
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a batch of 64 images of 150x150 is ~17 MB of JSON
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # 64 images of 150x150 are 32 MiB of serving_client JSON
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
