@@ -177,25 +177,10 @@ def _malloc(name: str):
     package_setting = parallel._WORKER_MALLOC_ENV
     parallel._WORKER_MALLOC_ENV = MALLOC_ENV[name]
     try:
-        with _environment(MALLOC_ENV[name]):
+        with parallel.environment(MALLOC_ENV[name]):
             yield
     finally:
         parallel._WORKER_MALLOC_ENV = package_setting
-
-
-@contextlib.contextmanager
-def _environment(values: dict):
-    """os.environ updated with `values` (for processes started meanwhile), then restored."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _timed_blocks(recipe, num_workers, block, blocks, chunk_size=32, seed=0) -> list[dict]:
@@ -221,7 +206,7 @@ def _timed_blocks_in_fresh_process(recipe, block, blocks, chunk_size) -> list[di
 
     from deeplense_tf.simulation import parallel
 
-    with _environment(parallel._SINGLE_THREAD_ENV):
+    with parallel.environment(parallel._SINGLE_THREAD_ENV):
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             return pool.apply(_timed_blocks, (recipe, 1, block, blocks, chunk_size))
 

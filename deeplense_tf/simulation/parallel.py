@@ -8,6 +8,7 @@ builds one simulator and receives chunks of indices; results come back in order.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from typing import Iterator
@@ -43,6 +44,29 @@ def default_num_workers() -> int:
         return os.cpu_count() or 1
 
 
+def spawn_pool(processes: int, initializer, initargs=()):
+    """A pool of spawned processes that start with `_worker_env()` (one BLAS thread, the
+    malloc settings above); the parent's own environment is left as it was."""
+    with environment(_worker_env()):  # inherited by the spawned workers only
+        return multiprocessing.get_context("spawn").Pool(processes, initializer=initializer,
+                                                         initargs=initargs)
+
+
+@contextlib.contextmanager
+def environment(values: dict):
+    """os.environ updated with `values` (for processes started meanwhile), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _init_worker(recipe):
     global _WORKER_RECIPE, _WORKER_SIMULATOR
     _WORKER_RECIPE, _WORKER_SIMULATOR = recipe, recipe.simulator()
@@ -73,18 +97,6 @@ def simulate_split(recipe, seed: int, split_index: int, count: int, num_workers:
         for task in tasks:
             yield from _simulate_chunk(task)
         return
-    worker_env = _worker_env()
-    saved = {k: os.environ.get(k) for k in worker_env}
-    os.environ.update(worker_env)  # Inherited by the spawned workers only.
-    try:
-        pool = multiprocessing.get_context("spawn").Pool(
-            min(num_workers, len(tasks)), initializer=_init_worker, initargs=(recipe,))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    with pool:
+    with spawn_pool(min(num_workers, len(tasks)), _init_worker, (recipe,)) as pool:
         for chunk in pool.imap(_simulate_chunk, tasks):
             yield from chunk

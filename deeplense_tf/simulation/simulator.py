@@ -115,19 +115,34 @@ class LensSimulator:
                       supersampling=float(self.supersampling))
         params.update(realization.params)
 
-        ax, ay = self._lens_model.alpha(self._x, self._y, MainDeflector.lenstronomy_kwargs(macro))
+        ax, ay = self.macro_deflection(macro)
         sx, sy = realization.deflection(self._x, self._y)
-        beta_x, beta_y = self._x - ax - sx, self._y - ay - sy
-        kwargs_source = [self._source_kwargs(source)]
-        surface = self._light_model.surface_brightness(beta_x, beta_y, kwargs_source)
-        n, s = inst.num_pix, self.supersampling
-        image = surface.reshape(n, s, n, s).mean(axis=(1, 3)) * inst.pixel_scale_arcsec**2
-        image = ndimage.gaussian_filter(image, self._psf_sigma_pix, mode="constant", truncate=4.0)
+        image = self.render(self._x - ax - sx, self._y - ay - sy, source)
         noiseless = image
         if self.noise:
             image = self._add_noise(image, exposure, rng)
         return SimulatedLens(image.astype(np.float32), name, params,
                              noiseless.astype(np.float32) if keep_noiseless else None)
+
+    @property
+    def ray_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sub-pixel centres (x, y) in arcsec, each (num_pix * s, num_pix * s)."""
+        return self._x, self._y
+
+    def macro_deflection(self, macro: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        """Main deflector's (alpha_x, alpha_y) on `ray_grid`, arcsec."""
+        return self._lens_model.alpha(self._x, self._y, MainDeflector.lenstronomy_kwargs(macro))
+
+    def render(self, beta_x, beta_y, source: dict[str, float]) -> np.ndarray:
+        """Noiseless image (num_pix, num_pix), float64, of the source `source` (stored
+        parameter names) seen through rays that land at (beta_x, beta_y) on the source
+        plane: surface brightness, mean over each pixel's s x s sub-pixels, PSF. The
+        one rendering path of `simulate` and of the reference likelihood."""
+        inst = self.instrument
+        surface = self._light_model.surface_brightness(beta_x, beta_y, [self._source_kwargs(source)])
+        n, s = inst.num_pix, self.supersampling
+        image = surface.reshape(n, s, n, s).mean(axis=(1, 3)) * inst.pixel_scale_arcsec**2
+        return ndimage.gaussian_filter(image, self._psf_sigma_pix, mode="constant", truncate=4.0)
 
     def _source_kwargs(self, source: dict[str, float]) -> dict[str, float]:
         kwargs = {"R_sersic": source["source_r_sersic"], "n_sersic": source["source_n_sersic"],

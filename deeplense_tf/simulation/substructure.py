@@ -311,8 +311,15 @@ class AxionVortex(Substructure):
 
     def draw(self, rng, geometry, center=(0.0, 0.0), ray_spacing_arcsec=0.05):
         log10_m = self.log10_m_axion.sample(rng)
-        length = float(vortex_length_arcsec(10.0**log10_m))
         angle = self.angle.sample(rng)
+        return self.realization(log10_m, angle, geometry, center, ray_spacing_arcsec)
+
+    def realization(self, log10_m_axion: float, angle: float, geometry, center=(0.0, 0.0),
+                    ray_spacing_arcsec: float = 0.05) -> Realization:
+        """The vortex of axion mass 10**log10_m_axion eV at `angle` (radians): what `draw`
+        returns for those values (the reference likelihood renders through it)."""
+        log10_m = float(log10_m_axion)
+        length = float(vortex_length_arcsec(10.0**log10_m))
         n = self.n_points
         if self.adaptive:
             n = int(np.clip(math.ceil(self.points_per_ray * length / ray_spacing_arcsec), 2, n))

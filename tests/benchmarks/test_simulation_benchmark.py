@@ -65,7 +65,9 @@ def test_tuned_malloc_reaches_spawned_processes_only_meanwhile():
     import multiprocessing
     import os
 
-    with simulation._environment(simulation.MALLOC_ENV["tuned"]):
+    from deeplense_tf.simulation import parallel
+
+    with parallel.environment(simulation.MALLOC_ENV["tuned"]):
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             seen = pool.apply(os.getenv, ("MALLOC_TRIM_THRESHOLD_",))
     assert seen == simulation.MALLOC_ENV["tuned"]["MALLOC_TRIM_THRESHOLD_"]

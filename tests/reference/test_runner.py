@@ -1,0 +1,127 @@
+"""Reference runs over a split: chunks, resuming, corrupt chunks, the floor's metrics,
+and `evaluate --reference`."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from deeplense_tf.reference import runner
+from deeplense_tf.simulation.simulator import example_rng
+
+
+def _images(recipe, n):
+    sim = recipe.simulator()
+    lenses = [sim.simulate(example_rng(9, 2, i)) for i in range(n)]
+    return (np.stack([lens.image for lens in lenses]),
+            np.array([lens.params["log10_m_axion"] for lens in lenses], np.float32))
+
+
+def test_chunks_resume_and_a_corrupt_chunk_is_named_not_dropped(small, tmp_path):
+    images, truths = _images(small, 3)
+    out = str(tmp_path / "ref")
+    logs = []
+    first = runner.run(small, images, truths, out, dataset="d", split="test", chunk_size=1,
+                       log=logs.append)
+    assert first["count"] == 3 and "0 done before, 3 to go" in logs[0]
+    assert sorted(os.listdir(os.path.join(out, "chunks"))) == [
+        "chunk_000000_000001.npz", "chunk_000001_000002.npz", "chunk_000002_000003.npz"]
+    stored = json.loads((tmp_path / "ref" / "reference.json").read_text())
+    assert stored["floor_mae"] == pytest.approx(first["floor_mae"])
+    assert (tmp_path / "ref" / "report.md").exists() and (tmp_path / "ref" / "reference.png").exists()
+
+    bad = tmp_path / "ref" / "chunks" / "chunk_000001_000002.npz"
+    bad.write_bytes(bad.read_bytes()[:100])  # a truncated file
+    with pytest.raises(runner.ReferenceError, match="chunk_000001_000002.npz: a corrupt"):
+        runner.run(small, images, truths, out, dataset="d", split="test", chunk_size=1)
+    assert len(os.listdir(os.path.join(out, "chunks"))) == 3  # nothing deleted
+    bad.unlink()
+    logs = []
+    again = runner.run(small, images, truths, out, dataset="d", split="test", chunk_size=1,
+                       log=logs.append)
+    assert "2 done before, 1 to go" in logs[0]
+    assert again["floor_mae"] == pytest.approx(first["floor_mae"], abs=1e-12)
+
+
+def test_another_runs_directory_and_bad_arguments_are_refused(small, tmp_path):
+    images, truths = _images(small, 1)
+    out = str(tmp_path / "ref")
+    runner.run(small, images, truths, out, dataset="d", split="test", chunk_size=1)
+    with pytest.raises(runner.ReferenceError, match=r"holds a run of other \['chunk_size'\]"):
+        runner.run(small, images, truths, out, dataset="d", split="test", chunk_size=2)
+    with pytest.raises(runner.ReferenceError, match="another run"):
+        runner.read_chunk(os.path.join(out, "chunks", "chunk_000000_000001.npz"), 0, 1,
+                          truths + 0.5)
+    with pytest.raises(runner.ReferenceError, match="same, non-zero length"):
+        runner.run(small, images, truths[:0], str(tmp_path / "x"), dataset="d", split="test")
+    with pytest.raises(runner.ReferenceError, match="not finished"):
+        runner.load(str(tmp_path / "nowhere"))
+
+
+def test_floor_metrics_follow_their_definitions():
+    rng = np.random.default_rng(0)
+    n = 4000
+    truth = rng.uniform(-24, -22, n)
+    median = truth + rng.normal(0, 0.1, n)
+    arrays = {"truth": truth, "median": median, "mean": median, "std": np.full(n, 0.1),
+              "pit": rng.uniform(0, 1, n), "cpu_seconds": np.ones(n), "evaluations": np.ones(n)}
+    m = runner.metrics(arrays)
+    assert m["floor_mae"] == pytest.approx(np.mean(np.abs(median - truth)))
+    assert m["coverage_68"] == pytest.approx(0.68, abs=0.03)
+    assert m["coverage_95"] == pytest.approx(0.95, abs=0.015)
+    np.testing.assert_allclose(m["calibration"]["empirical"], m["calibration"]["nominal"], atol=0.03)
+    assert sum(b["count"] for b in m["binned"]) == n
+
+
+def test_recipe_names_of_configs():
+    assert runner.recipe_of_config("model_ii_axion") == "model_ii_axion"
+    assert runner.recipe_of_config("model_ii_axion_tiny") == "model_ii_axion"
+    assert runner.recipe_of_config("model_iii_axion__100_10_10_seed3") == "model_iii_axion"
+
+
+@pytest.fixture(scope="module")
+def model_ii_tiny(tmp_path_factory):
+    from deeplense_tf import build_dataset
+
+    data_dir = tmp_path_factory.mktemp("data")
+    build_dataset.build("model_ii_axion_tiny", str(data_dir), num_workers=1)
+    return str(data_dir)
+
+
+@pytest.mark.slow
+def test_evaluate_sets_a_model_beside_the_floor(model_ii_tiny, tmp_path):
+    from deeplense_tf import evaluate, models
+    from deeplense_tf.reference import __main__ as cli
+    from deeplense_tf.simulation import recipes
+
+    dataset = "deeplense_lensing/model_ii_axion_tiny"
+    with pytest.raises(runner.ReferenceError, match="--split=nope: not in"):
+        cli.read_split(model_ii_tiny, dataset, "nope", 2)
+    images, truths, recipe = cli.read_split(model_ii_tiny, dataset, "test", 2)
+    assert images.shape == (2, 64, 64) and recipe == "model_ii_axion"
+    ref_dir = str(tmp_path / "ref")
+    runner.run(recipes.get(recipe), images, truths, ref_dir, dataset=dataset, split="test")
+
+    model = models.build_regressor("resnet18", variant="test", image_shape=(64, 64, 1),
+                                   targets=["log10_m_axion"], target_mean=[-23.0],
+                                   target_std=[0.6])
+    results = evaluate.evaluate(model, model_ii_tiny, dataset, reference=ref_dir)
+    ref = results["targets"]["log10_m_axion"]["reference"]
+    assert ref["count"] == 2
+    assert ref["model_mae"] == pytest.approx(np.mean(np.abs(-23.0 - truths)), abs=1e-4)
+    assert sum(r["count"] for r in ref["binned"]) == 2
+    evaluate.write_report(results, str(tmp_path / "eval"), "untrained")
+    text = (tmp_path / "eval" / "report.md").read_text()
+    assert "Against the information floor" in text
+    assert (tmp_path / "eval" / "log10_m_axion_floor.png").exists()
+
+    # A reference of other images (the data set rebuilt differently) is refused.
+    with np.load(os.path.join(ref_dir, "posteriors.npz")) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["truth"] = arrays["truth"] + 0.25
+    np.savez(os.path.join(ref_dir, "posteriors.npz"), **arrays)
+    with pytest.raises(ValueError, match="targets differ"):
+        evaluate.evaluate(model, model_ii_tiny, dataset, reference=ref_dir)
+    with pytest.raises(ValueError, match="not log10_m_axion on .* 'validation'"):
+        evaluate.evaluate(model, model_ii_tiny, dataset, split="validation", reference=ref_dir)

@@ -1,0 +1,111 @@
+"""The exact-likelihood reference posterior of the axion mass."""
+
+import math
+
+import numpy as np
+import pytest
+
+from deeplense_tf.reference import vortex
+from deeplense_tf.simulation import priors, recipes
+from deeplense_tf.simulation.simulator import example_rng
+
+from .conftest import small_recipe
+
+
+@pytest.fixture(scope="module")
+def model_ii():
+    return vortex.VortexReference(recipes.get("model_ii_axion"))
+
+
+def test_likelihood_is_the_generators_noise_model_on_its_own_rendering(model_ii):
+    """The model image is the simulator's noiseless image, and ln L equals a direct sum of
+    Gaussian log densities with the simulator's noise variance."""
+    sim = recipes.get("model_ii_axion").simulator()
+    lens = sim.simulate(example_rng(3, 2, 7), keep_noiseless=True)
+    p = lens.params
+    model = model_ii.model_image(p["log10_m_axion"], p["vortex_angle"], p["source_center_x"],
+                                 p["source_center_y"])
+    np.testing.assert_allclose(model, lens.noiseless, rtol=1e-5, atol=1e-6)
+    variance = sim.noise_variance(model, p["exposure_time"])
+    d = lens.image.astype(np.float64)
+    direct = -0.5 * np.sum((d - model) ** 2 / variance + np.log(2 * math.pi * variance))
+    got = model_ii.log_likelihood(lens.image, p["log10_m_axion"], p["vortex_angle"],
+                                  p["source_center_x"], p["source_center_y"])
+    assert got == pytest.approx(direct, rel=1e-12)
+
+
+def test_source_centre_integral_matches_direct_quadrature(model_ii):
+    """Laplace's method over the source centre against a 2-D grid sum of the likelihood."""
+    sim = recipes.get("model_ii_axion").simulator()
+    lens = sim.simulate(example_rng(3, 2, 1))
+    p = lens.params
+    image = lens.image.astype(np.float64)
+    rays = model_ii.rays(p["log10_m_axion"], p["vortex_angle"])
+    laplace, centre = model_ii.source_marginal(image, rays, np.array([0.0, 0.0]))
+    assert np.abs(centre - [p["source_center_x"], p["source_center_y"]]).max() < 2e-3
+    half = 8e-4  # ~6 posterior sigmas of the centre at this S/N
+    grid = np.linspace(-half, half, 33)
+    logs = np.array([[model_ii.log_likelihood_of_model(
+        image, model_ii.model_image(0, 0, centre[0] + dx, centre[1] + dy, rays))
+        for dx in grid] for dy in grid])
+    top = logs.max()
+    cell = (grid[1] - grid[0]) ** 2
+    direct = top + math.log(np.trapezoid(np.trapezoid(np.exp(logs - top), dx=1.0), dx=1.0) * cell)
+    direct -= math.log(0.7 * 0.7)  # the uniform prior's density on the 0.7" x 0.7" box
+    assert laplace == pytest.approx(direct, abs=0.02)
+
+
+def test_noiseless_image_posterior_peaks_at_the_truth(small):
+    sim = small_recipe(log10_m_axion=priors.Fixed(-23.0)).simulator(noise=False)
+    lens = sim.simulate(example_rng(1, 0, 0))
+    posterior = vortex.VortexReference(small).posterior(lens.image)
+    _, std = posterior.mean_and_std()
+    assert 0 < std < 0.05
+    assert abs(posterior.map_log10_m + 23.0) < 0.25 * std
+    assert abs(posterior.median + 23.0) < 0.5 * std
+    assert abs(posterior.map_angle - lens.params["vortex_angle"]) < 0.05
+
+
+@pytest.mark.slow
+def test_intervals_cover_the_truth_at_one_mass_over_noise_draws(small):
+    """60 images at log10 m_a = -23 (angle, source centre and noise drawn anew each time):
+    the posterior's PIT values are uniform and its 68% intervals hold ~68% of them."""
+    from scipy import stats
+
+    reference = vortex.VortexReference(small)
+    sim = small_recipe(log10_m_axion=priors.Fixed(-23.0)).simulator()
+    pits = np.array([reference.posterior(sim.simulate(example_rng(5, 0, i)).image).cdf(-23.0)[0]
+                     for i in range(60)])
+    coverage = np.mean(np.abs(pits - 0.5) <= 0.34)
+    assert abs(coverage - 0.68) < 3 * math.sqrt(0.68 * 0.32 / 60)
+    assert stats.kstest(pits, "uniform").pvalue > 0.01
+
+
+def test_doubling_the_quadrature_barely_moves_the_posterior(small):
+    lens = small.simulator().simulate(example_rng(2, 0, 3))
+    base = vortex.VortexReference(small).posterior(lens.image)
+    fine = vortex.VortexReference(small, vortex.Settings().doubled()).posterior(lens.image)
+    _, std = base.mean_and_std()
+    np.testing.assert_allclose(fine.quantile([0.16, 0.5, 0.84]), base.quantile([0.16, 0.5, 0.84]),
+                               atol=0.1 * std + 1e-3)
+    assert fine.evaluations > base.evaluations
+
+
+@pytest.mark.parametrize("name, words", [
+    ("euclid_axion", r"free parameters \['deflector.theta_e ~ Uniform'"),
+    ("model_i_axion", r"instrument.exposure_time_s ~ Uniform"),
+    ("euclid_cdm", r"substructure classes \['cdm'\]"),
+])
+def test_recipes_with_other_nuisances_are_refused_by_name(name, words):
+    with pytest.raises(vortex.UnsupportedRecipe, match=words):
+        vortex.VortexReference(recipes.get(name))
+
+
+def test_bad_images_are_refused(small):
+    reference = vortex.VortexReference(small)
+    with pytest.raises(ValueError, match=r"expected shape \(24, 24\)"):
+        reference.posterior(np.zeros((64, 64)))
+    image = np.zeros((24, 24))
+    image[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        reference.posterior(image)
