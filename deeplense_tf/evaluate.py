@@ -54,11 +54,25 @@ def _normal_quantile(p):
     return norm.ppf(p)
 
 
-def gaussian_metrics(y_true, mean, sigma) -> dict:
+def half_widths(levels, table=None) -> np.ndarray:
+    """Half-width of the central interval of each level, in units of the head's sigma:
+    Gaussian quantiles, or a calibrated model's table (`deeplense_tf.calibration`)."""
+    levels = np.asarray(levels, np.float64)
+    if table is None:
+        return _normal_quantile(0.5 + levels / 2)
+    from deeplense_tf.models.layers import interval_half_width
+
+    return np.array([interval_half_width(table, p) for p in levels])
+
+
+def gaussian_metrics(y_true, mean, sigma, table=None) -> dict:
+    """Interval metrics. `sigma` is the head's own sigma; with a calibration `table` the
+    interval of level p is mean +- k(p) sigma, else the Gaussian one."""
     z = (np.asarray(y_true, np.float64) - mean) / sigma
-    empirical = [float(np.mean(np.abs(z) <= _normal_quantile(0.5 + p / 2))) for p in _NOMINAL]
-    coverage_68 = float(np.mean(np.abs(z) <= 1.0))
-    coverage_95 = float(np.mean(np.abs(z) <= 1.959964))
+    k = half_widths(np.concatenate([_NOMINAL, [0.682689, 0.95]]), table)
+    empirical = [float(np.mean(np.abs(z) <= w)) for w in k[:-2]]
+    coverage_68 = float(np.mean(np.abs(z) <= k[-2]))
+    coverage_95 = float(np.mean(np.abs(z) <= k[-1]))
     # Binomial spread of the 68% coverage on this many examples, for the verdict.
     tolerance = 2 * math.sqrt(0.68 * 0.32 / len(z))
     if coverage_68 < 0.6827 - tolerance:
@@ -68,12 +82,15 @@ def gaussian_metrics(y_true, mean, sigma) -> dict:
     else:
         verdict = "calibrated at 68% within the binomial spread of this split"
     return {
+        # NLL of the head's Gaussian (a calibration table changes intervals, not this).
         "nll": float(np.mean(np.log(sigma) + 0.5 * z**2 + 0.5 * math.log(2 * math.pi))),
         "coverage_68": coverage_68,
         "coverage_95": coverage_95,
         "z_std": float(np.std(z)),
-        "mean_sigma": float(np.mean(sigma)),
+        "mean_sigma": float(np.mean(sigma * k[-2])),
+        "calibrated": table is not None,
         "calibration": {"nominal": _NOMINAL.round(3).tolist(), "empirical": empirical},
+        "max_calibration_deviation": float(np.max(np.abs(np.asarray(empirical) - _NOMINAL))),
         "verdict": verdict,
     }
 
@@ -99,7 +116,9 @@ def binned_metrics(y_true, y_pred, sigma, constant, edges) -> list[dict]:
     return rows
 
 
-def target_report(name, y_true, outputs, constant) -> dict:
+def target_report(name, y_true, outputs, constant, table=None) -> dict:
+    """Metrics of one target. `table`: the model's interval calibration for it, if any
+    (then `outputs[name + "_std"]` is the calibrated 68.27% half-width)."""
     y_pred = outputs[name]
     sigma = outputs.get(name + "_std")
     edges = np.linspace(np.min(y_true), np.max(y_true), _BINS + 1)
@@ -110,8 +129,60 @@ def target_report(name, y_true, outputs, constant) -> dict:
         "binned": binned_metrics(y_true, y_pred, sigma, constant, edges),
     }
     if sigma is not None:
-        report["gaussian"] = gaussian_metrics(y_true, y_pred, sigma)
+        raw = sigma / half_widths([0.682689], table)[0] if table is not None else sigma
+        report["gaussian"] = gaussian_metrics(y_true, y_pred, raw, table)
     return report
+
+
+def reference_comparison(reference_dir: str, dataset: str, split: str, target: str, y_true,
+                         y_pred, y_pred_tta=None) -> dict:
+    """The model beside the information floor (`python -m deeplense_tf.reference`) on the
+    images the reference run covered, bin by bin, and each bin's share of the gap.
+
+    The reference identifies its images by their position in the split's file order
+    (the order read here) and keeps their stored targets: they must match exactly."""
+    from deeplense_tf.reference import runner
+
+    summary, arrays = runner.load(reference_dir)
+    if (summary["dataset"].split(":")[0] != dataset.split(":")[0]
+            or summary["split"] != split or summary["target"] != target):
+        raise ValueError(f"--reference={reference_dir}: computed for {summary['target']} on "
+                         f"{summary['dataset']} {summary['split']!r}, not {target} on {dataset} "
+                         f"{split!r}")
+    index = arrays["index"].astype(int)
+    y_true = np.asarray(y_true, np.float32)
+    if index.max() >= len(y_true) or not np.array_equal(y_true[index],
+                                                        arrays["truth"].astype(np.float32)):
+        raise ValueError(f"--reference={reference_dir}: its images' targets differ from those "
+                         f"of {dataset} {split!r} at the same positions: the data set was "
+                         "rebuilt or is another one; run the reference again on this one")
+    truth = y_true[index].astype(np.float64)
+    floor = arrays["median"]
+    model = np.asarray(y_pred, np.float64)[index]
+    tta = None if y_pred_tta is None else np.asarray(y_pred_tta, np.float64)[index]
+    edges = runner.BIN_EDGES
+    bins = np.clip(np.digitize(truth, edges) - 1, 0, len(edges) - 2)
+    model_error, floor_error = np.abs(model - truth), np.abs(floor - truth)
+    total_gap = float(np.sum(model_error - floor_error))
+    rows = []
+    for b in range(len(edges) - 1):
+        sel = bins == b
+        row = {"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(sel.sum())}
+        if sel.any():
+            gap = float(np.sum(model_error[sel] - floor_error[sel]))
+            row.update(model_mae=float(model_error[sel].mean()), floor_mae=float(floor_error[sel].mean()),
+                       gap_share=gap / total_gap if total_gap else float("nan"))
+            if tta is not None:
+                row["model_tta_mae"] = float(np.abs(tta[sel] - truth[sel]).mean())
+        rows.append(row)
+    out = {"reference": os.path.abspath(reference_dir), "count": int(len(index)),
+           "model_mae": float(model_error.mean()), "floor_mae": float(floor_error.mean()),
+           "floor_coverage_68": summary["coverage_68"], "floor_coverage_95": summary["coverage_95"],
+           "binned": rows}
+    out["model_over_floor"] = out["model_mae"] / out["floor_mae"]
+    if tta is not None:
+        out["model_tta_mae"] = float(np.abs(tta - truth).mean())
+    return out
 
 
 # ------------------------------------------------------------------------ predictions
@@ -144,8 +215,10 @@ def _tta_predict(model):
 
 
 def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool = False,
-             batch_size: int = 256) -> dict:
-    """Metrics of `model` on the whole `split` (and with TTA if asked)."""
+             batch_size: int = 256, reference: str | None = None) -> dict:
+    """Metrics of `model` on the whole `split` (and with TTA if asked); with `reference`
+    (a `python -m deeplense_tf.reference` output directory) also the model beside the
+    information floor on the images it covers."""
     from deeplense_tf import input_pipeline, models, training
 
     targets = models.target_names(model)
@@ -161,7 +234,10 @@ def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool 
         if oriented:
             raise ValueError(f"--tta: targets {oriented} change under rotation; averaging "
                              "rotated predictions would be wrong")
+    from deeplense_tf import calibration
+
     means, _ = models.target_scaling(model)
+    tables = calibration.interval_calibration(model) or {}
     labels, outputs = training.predict_split(model, pipeline, split, batch_size)
     results = {"dataset": dataset, "split": split, "num_examples": int(len(labels[targets[0]])),
                "targets": {}}
@@ -170,10 +246,15 @@ def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool 
         _, tta_outputs = training.predict_split(model, pipeline, split, batch_size,
                                                 _tta_predict(model))
     for name, constant in zip(targets, means.tolist()):
-        results["targets"][name] = target_report(name, labels[name], outputs, constant)
+        table = tables.get(name)
+        results["targets"][name] = target_report(name, labels[name], outputs, constant, table)
         if tta_outputs is not None:
             results["targets"][name]["tta"] = target_report(name, labels[name], tta_outputs,
-                                                            constant)
+                                                            constant, table)
+        if reference:
+            results["targets"][name]["reference"] = reference_comparison(
+                reference, dataset, split, name, labels[name], outputs[name],
+                None if tta_outputs is None else tta_outputs[name])
     results["_arrays"] = {"labels": labels, "outputs": outputs, "tta_outputs": tta_outputs}
     return results
 
@@ -221,6 +302,23 @@ def _figures(name, y_true, outputs, report, output_dir) -> dict[str, str]:
     ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, "binned_mae")
+
+    if "reference" in report:
+        ref = [r for r in report["reference"]["binned"] if r["count"]]
+        mid = [(r["low"] + r["high"]) / 2 for r in ref]
+        fig, ax = plt.subplots(figsize=(4.6, 3.6), dpi=100)
+        ax.plot(mid, [r["model_mae"] for r in ref], "o-", label="model")
+        if ref and "model_tta_mae" in ref[0]:
+            ax.plot(mid, [r["model_tta_mae"] for r in ref], "^:", label="model + TTA")
+        ax.plot(mid, [r["floor_mae"] for r in ref], "s-", color="k",
+                label="floor (exact posterior median)")
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel("mean absolute error")
+        ax.set_title(f"{report['reference']['count']} images with a reference posterior",
+                     fontsize=8)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        save(fig, "floor")
 
     if "gaussian" in report:
         cal = report["gaussian"]["calibration"]
@@ -278,11 +376,27 @@ def write_report(results: dict, output_dir: str, model_path: str = "") -> dict:
                     f"{r['prediction_16']:.2f} to {r['prediction_84']:.2f} | "
                     f"{r.get('coverage_68', float('nan')):.2f} |")
         lines.append("")
+        if "reference" in report:
+            ref = report["reference"]
+            lines += [f"Against the information floor (the exact posterior's median, "
+                      f"`{ref['reference']}`), on the {ref['count']} images it covers: model MAE "
+                      f"{ref['model_mae']:.4f}"
+                      + (f" ({ref['model_tta_mae']:.4f} with TTA)" if "model_tta_mae" in ref else "")
+                      + f", floor {ref['floor_mae']:.4f}: {ref['model_over_floor']:.2f}x the floor.",
+                      "", "| bin | count | model MAE | floor MAE | share of the gap |",
+                      "|---|---|---|---|---|"]
+            for r in ref["binned"]:
+                if r["count"]:
+                    lines.append(f"| [{r['low']:.1f}, {r['high']:.1f}) | {r['count']} | "
+                                 f"{r['model_mae']:.3f} | {r['floor_mae']:.3f} | "
+                                 f"{r['gap_share']:.0%} |")
+            lines.append("")
         captions = {"predicted_vs_true": "Predicted against true: 2-D histogram, binned median "
                                          "and 16-84% band",
                     "residual_vs_true": "Residual against true, with the binned bias",
                     "binned_mae": "MAE across the target range, against the constant predictor",
-                    "calibration": "Calibration of the central intervals"}
+                    "calibration": "Calibration of the central intervals",
+                    "floor": "MAE across the target range, against the information floor"}
         for key, file in figures.items():
             lines += [f"![{captions[key]}]({file})", f"*{captions[key]}.*", ""]
         with writer.as_default(step=0):
@@ -304,15 +418,20 @@ def write_report(results: dict, output_dir: str, model_path: str = "") -> dict:
 
 
 def run(model_path: str, data_dir: str, dataset: str, output_dir: str, split: str = "test",
-        tta: bool = False, batch_size: int = 256) -> dict:
+        tta: bool = False, batch_size: int = 256, reference: str | None = None) -> dict:
     import keras
 
     import deeplense_tf.models  # noqa: F401  (registers the layers)
 
     if not os.path.exists(model_path):
-        raise FileNotFoundError(f"--model: {model_path} does not exist")
+        from deeplense_tf import pretrained
+
+        if model_path not in pretrained.list():
+            raise FileNotFoundError(f"--model: {model_path} is neither a file nor a shipped "
+                                    f"model ({pretrained.list()})")
+        model_path = os.path.join(os.path.dirname(pretrained.__file__), model_path + ".keras")
     model = keras.saving.load_model(model_path, compile=False)
-    results = evaluate(model, data_dir, dataset, split, tta, batch_size)
+    results = evaluate(model, data_dir, dataset, split, tta, batch_size, reference)
     return write_report(results, output_dir, model_path)
 
 
@@ -324,7 +443,12 @@ def headline(results: dict) -> str:
         line = (f"{name}: MAE {m['mae']:.3f} (constant {c['mae']:.3f}), RMSE {m['rmse']:.3f} "
                 f"(constant {c['rmse']:.3f}), R^2 {m['r2']:.3f}")
         if "gaussian" in r:
-            line += f", 68% coverage {r['gaussian']['coverage_68']:.3f}"
+            line += (f", 68%/95% coverage {r['gaussian']['coverage_68']:.3f}/"
+                     f"{r['gaussian']['coverage_95']:.3f}")
+        if "reference" in r:
+            ref = r["reference"]
+            line += (f"; on the {ref['count']} images with a reference posterior: MAE "
+                     f"{ref['model_mae']:.4f} against the floor's {ref['floor_mae']:.4f}")
         lines.append(line)
     return "\n".join(lines)
 
@@ -335,7 +459,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("model", None, "A .keras model file (or give --workdir).")
+    flags.DEFINE_string("model", None, "A .keras model file or a shipped model's name (or give --workdir).")
     flags.DEFINE_string("workdir", None, "A training run directory: evaluates its model.keras.")
     flags.DEFINE_string("data_dir", None, "TFDS data directory.", required=True)
     flags.DEFINE_string("dataset", None, "'deeplense_lensing/CONFIG[:VERSION]'.", required=True)
@@ -343,6 +467,9 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where the report goes.", required=True)
     flags.DEFINE_bool("tta", False, "Also evaluate with dihedral test-time augmentation.")
     flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
+    flags.DEFINE_string("reference", None, "Output directory of `python -m "
+                        "deeplense_tf.reference` on this split: report the model beside the "
+                        "information floor.")
 
 
 def main(argv):
@@ -351,7 +478,7 @@ def main(argv):
         raise app.UsageError("give exactly one of --model and --workdir")
     model_path = FLAGS.model or os.path.join(FLAGS.workdir, "model.keras")
     results = run(model_path, FLAGS.data_dir, FLAGS.dataset, FLAGS.output_dir, FLAGS.split,
-                  FLAGS.tta, FLAGS.batch_size)
+                  FLAGS.tta, FLAGS.batch_size, FLAGS.reference)
     print(headline(results))
     print(f"Report: {os.path.join(FLAGS.output_dir, 'report.md')}")
 

@@ -221,8 +221,11 @@ def machine() -> str:
             f"TensorFlow {tf.__version__}")
 
 
-def _atomic_save_model(model, path: str):
-    directory = os.path.dirname(path)
+def save_model_atomic(model, path: str):
+    """Saves a .keras file under a temporary name, then renames it: `path` is whole or
+    absent, never half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".tmp-")
     os.close(fd)
     try:
@@ -481,7 +484,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
             best_loss.assign(metrics["loss"])
             best_epoch.assign(epoch)
             if is_chief:
-                _atomic_save_model(model, os.path.join(workdir, "best.keras"))
+                save_model_atomic(model, os.path.join(workdir, "best.keras"))
         if is_chief:
             with val_writer.as_default(step=step):
                 for key, value in metrics.items():

@@ -61,7 +61,7 @@ def test_command_modules_import_together_without_defining_flags():
     import sys
 
     modules = ["train", "quickstart", "evaluate", "export", "serve", "build_dataset",
-               "package_model", "benchmark", "eda"]
+               "package_model", "benchmark", "eda", "calibrate", "reference.__main__"]
     code = ("from absl import flags\n"
             + "".join(f"import deeplense_tf.{m}\n" for m in modules)
             + "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'deeplense' in m))\n")

@@ -124,10 +124,18 @@ class RegressionOutput(keras.layers.Layer):
 
     `target_mean` / `target_std` are the training-split statistics, stored in the config:
     the saved model predicts physical units with no side file.
+
+    `interval_calibration` (Gaussian head; set by `deeplense_tf.calibration`, fitted on a
+    validation split): `{target: {"levels": [p...], "half_widths": [k...]}}`, the
+    half-width of the central interval of level p in units of the head's sigma. With it,
+    a target's outputs are calibrated intervals instead of Gaussian ones:
+    `target_std` = sigma * k(0.6827) (the half-width holding 68.27%), and the interval
+    ends `target_q16`, `target_q84` (level 0.68) and `target_q025`, `target_q975`
+    (level 0.95), k interpolated linearly in p.
     """
 
     def __init__(self, targets, target_mean, target_std, head="gaussian", log_var_bound=10.0,
-                 **kwargs):
+                 interval_calibration=None, **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         targets = [targets] if isinstance(targets, str) else list(targets)
@@ -153,6 +161,8 @@ class RegressionOutput(keras.layers.Layer):
         self.target_std = target_std
         self.head = head
         self.log_var_bound = float(log_var_bound)
+        self.interval_calibration = _check_interval_calibration(interval_calibration, targets,
+                                                                head)
 
     @property
     def units(self):
@@ -169,15 +179,61 @@ class RegressionOutput(keras.layers.Layer):
             outputs[name] = z[:, i] * std + mean
             if self.head == "gaussian":
                 log_var = self.log_var_bound * ops.tanh(z[:, k + i] / self.log_var_bound)
-                outputs[name + STD_SUFFIX] = ops.exp(0.5 * log_var) * std
+                sigma = ops.exp(0.5 * log_var) * std
+                table = (self.interval_calibration or {}).get(name)
+                if table is None:
+                    outputs[name + STD_SUFFIX] = sigma
+                    continue
+                outputs[name + STD_SUFFIX] = sigma * interval_half_width(table, ONE_SIGMA_LEVEL)
+                for level, low, high in INTERVAL_OUTPUTS:
+                    half = sigma * interval_half_width(table, level)
+                    outputs[name + low] = outputs[name] - half
+                    outputs[name + high] = outputs[name] + half
         return outputs
 
     def get_config(self):
         config = super().get_config()
         config.update(targets=self.targets, target_mean=self.target_mean,
                       target_std=self.target_std, head=self.head,
-                      log_var_bound=self.log_var_bound)
+                      log_var_bound=self.log_var_bound,
+                      interval_calibration=self.interval_calibration)
         return config
+
+
+ONE_SIGMA_LEVEL = 0.682689  # central coverage of +-1 sigma of a Gaussian
+# (level, lower suffix, upper suffix) of the interval outputs of a calibrated target.
+INTERVAL_OUTPUTS = ((0.68, "_q16", "_q84"), (0.95, "_q025", "_q975"))
+
+
+def interval_half_width(table, level):
+    """k(level): half-width of the central interval in units of sigma (linear in the level
+    between the table's entries, k(0) = 0)."""
+    levels = [0.0] + list(table["levels"])
+    widths = [0.0] + list(table["half_widths"])
+    return float(np.interp(level, levels, widths))
+
+
+def _check_interval_calibration(calibration, targets, head):
+    if calibration is None:
+        return None
+    if head != "gaussian":
+        raise ValueError("interval_calibration: only a Gaussian head has intervals to calibrate")
+    out = {}
+    for name, table in dict(calibration).items():
+        if name not in targets:
+            raise ValueError(f"interval_calibration: {name!r} is not a target ({targets})")
+        levels = np.asarray(table["levels"], np.float64)
+        widths = np.asarray(table["half_widths"], np.float64)
+        if (levels.ndim != 1 or levels.shape != widths.shape or len(levels) < 2
+                or not np.all((levels > 0) & (levels < 1)) or np.any(np.diff(levels) <= 0)
+                or not np.all(np.isfinite(widths) & (widths > 0)) or np.any(np.diff(widths) < 0)):
+            raise ValueError(f"interval_calibration[{name!r}]: expected increasing levels in "
+                             "(0, 1) and positive, non-decreasing half_widths of the same length")
+        if not levels[-1] >= 0.95:
+            raise ValueError(f"interval_calibration[{name!r}]: levels must reach 0.95 (the "
+                             f"widest interval output), got up to {levels[-1]}")
+        out[name] = {"levels": levels.tolist(), "half_widths": widths.tolist()}
+    return out
 
 
 def _as_float_list(value, length, what):

@@ -69,13 +69,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp
                         lambda *a, **k: original(*a, **k) * poison)
     config = _config(tiny_data, epochs=3)
     with pytest.raises(training.TrainingError, match="non-finite training loss at step 7"):
-        orig_save = training._atomic_save_model
+        orig_save = training.save_model_atomic
 
         def save_then_poison(model, path):
             orig_save(model, path)
             poison.assign(float("nan"))  # after the first epoch's best model
 
-        monkeypatch.setattr(training, "_atomic_save_model", save_then_poison)
+        monkeypatch.setattr(training, "save_model_atomic", save_then_poison)
         training.train_and_evaluate(config, str(tmp_path))
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert latest.endswith("-6")  # the end of epoch 0, before the poison took effect
