@@ -4,6 +4,8 @@ r"""Builds a `deeplense_lensing` data set into TFRecords.
       [--train_size=N --validation_size=N --test_size=N --seed=S --num_workers=W]
   python -m deeplense_tf.build_dataset --config=npy_model_ii --data_dir=DIR \
       --manual_dir=RELEASED_FILES [--allow_pickle]
+  python -m deeplense_tf.build_dataset --config=fits --instrument=euclid --data_dir=DIR \
+      --manual_dir=CUTOUTS [--catalogue=CATALOGUE.csv]
   python -m deeplense_tf.build_dataset --list
 
 The data set lands in DIR/deeplense_lensing/CONFIG/VERSION and is read back with
@@ -31,7 +33,12 @@ def define_flags():
     flags.DEFINE_integer("test_size", None, "Override the test size.")
     flags.DEFINE_integer("seed", None, "Override the config's seed.")
     flags.DEFINE_integer("num_workers", None, "Simulation processes (default: all cores).")
-    flags.DEFINE_string("manual_dir", None, "Released DeepLense files (npy configs).")
+    flags.DEFINE_string("manual_dir", None, "Released DeepLense files (npy configs) or FITS "
+                        "cut-outs (fits configs).")
+    flags.DEFINE_string("instrument", None, "With --config=fits: the grid to resample onto "
+                        "(euclid or hst), i.e. the config fits_<instrument>.")
+    flags.DEFINE_string("catalogue", None, "fits configs: CSV/ECSV/FITS table of the cut-outs "
+                        "(file or name, ra, dec, labels, split); default manual_dir/catalogue.*")
     flags.DEFINE_bool("allow_pickle", False,
                       "Load pickled .npy files (runs code from them: trusted files only).")
     flags.DEFINE_bool("list", False, "List the configs and exit.")
@@ -44,13 +51,25 @@ def config_names() -> list[str]:
 
 
 def make_builder(config: str, data_dir: str, *, train_size=None, validation_size=None,
-                 test_size=None, seed=None, num_workers=None, allow_pickle=False):
-    """The builder of `config` with optional split-size and seed overrides."""
+                 test_size=None, seed=None, num_workers=None, allow_pickle=False,
+                 instrument=None, catalogue=None):
+    """The builder of `config` with optional split-size and seed overrides (`fits` with an
+    `instrument` names the config fits_<instrument>)."""
     import tensorflow_datasets as tfds
 
     from deeplense_tf.datasets.deeplense_lensing import deeplense_lensing_dataset_builder as dl
 
     configs = {c.name: c for c in dl.Builder.BUILDER_CONFIGS}
+    if config == "fits":
+        fits_names = [c for c in configs if c.startswith("fits_")]
+        if f"fits_{instrument}" not in configs:
+            raise ValueError(f"--config=fits needs --instrument, one of "
+                             f"{[c[len('fits_'):] for c in fits_names]}; got {instrument!r}")
+        config = f"fits_{instrument}"
+    elif instrument is not None:
+        raise ValueError(f"--instrument={instrument}: only for --config=fits")
+    if catalogue is not None and not configs.get(config, dl.LensingConfig()).fits_instrument:
+        raise ValueError(f"--catalogue: only for fits configs, not {config!r}")
     if config not in configs:
         raise ValueError(f"--config: unknown config {config!r}; expected one of {sorted(configs)}")
     overrides = {k: v for k, v in dict(train_size=train_size, validation_size=validation_size,
@@ -60,14 +79,15 @@ def make_builder(config: str, data_dir: str, *, train_size=None, validation_size
             raise ValueError(f"--{key}: must be >= 0, got {value}")
     chosen = configs[config]
     if overrides:
-        if chosen.npy_model:
-            raise ValueError(f"--config={config}: split sizes and seed of an npy import come from "
+        if chosen.npy_model or chosen.fits_instrument:
+            raise ValueError(f"--config={config}: split sizes and seed of an import come from "
                              "the files; do not override them")
         sizes = {f"{s}_size": overrides.get(f"{s}_size", chosen.split_size(s)) for s in dl.SPLITS}
         config = dl.sized_config_name(config.split("__")[0], **sizes,
                                       seed=overrides.get("seed", chosen.seed))
+    extra = {"catalogue": catalogue} if catalogue is not None else {}
     return tfds.builder(f"deeplense_lensing/{config}", data_dir=data_dir,
-                        num_workers=num_workers, allow_pickle=allow_pickle)
+                        num_workers=num_workers, allow_pickle=allow_pickle, **extra)
 
 
 def build(config: str, data_dir: str, *, manual_dir: str | None = None, **kwargs):
@@ -104,8 +124,14 @@ def main(argv):
     builder = build(FLAGS.config, FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
                     train_size=FLAGS.train_size, validation_size=FLAGS.validation_size,
                     test_size=FLAGS.test_size, seed=FLAGS.seed, num_workers=FLAGS.num_workers,
-                    allow_pickle=FLAGS.allow_pickle)
+                    allow_pickle=FLAGS.allow_pickle, instrument=FLAGS.instrument,
+                    catalogue=FLAGS.catalogue)
     print(json.dumps(summary(builder), indent=2, default=str))
+    skipped = builder.info.metadata.get("skipped") if builder.info.metadata else None
+    if skipped:
+        print(f"{len(skipped)} file(s) skipped:")
+        for entry in skipped:
+            print(f"  {entry['file']}: {entry['reason']}")
 
 
 if __name__ == "__main__":

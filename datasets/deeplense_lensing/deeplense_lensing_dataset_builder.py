@@ -19,6 +19,7 @@ import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from deeplense_tf import deeplense_npy
@@ -39,6 +40,7 @@ class LensingConfig(tfds.core.BuilderConfig):
     seed: int = 0
     npy_model: str = ""  # "Model_I", ...: import released files instead of simulating.
     npy_num_pix: int = 0
+    fits_instrument: str = ""  # "euclid", "hst": real FITS cut-outs resampled to this grid.
 
     def split_size(self, split: str) -> int:
         return getattr(self, f"{split}_size")
@@ -75,6 +77,27 @@ def _npy_configs():
         for model, num_pix in models]
 
 
+# Targets a catalogue of real cut-outs may know (NaN where it does not).
+FITS_TARGETS = ("log10_m_axion", "log10_sigma_sub")
+
+
+def _fits_configs():
+    from deeplense_tf.simulation import instruments
+
+    configs = []
+    for name in ("euclid", "hst"):
+        instrument = instruments.get(name)
+        configs.append(LensingConfig(
+            name=f"fits_{name}", fits_instrument=name, train_size=0, validation_size=0,
+            test_size=0,
+            description=f"Real FITS cut-outs from manual_dir resampled onto the {name} grid "
+                        f"({instrument.num_pix} px of {instrument.pixel_scale_arcsec}\"), in "
+                        "counts/s at its zero point, with a per-pixel noise sigma; names, "
+                        "positions, labels and splits from an optional catalogue "
+                        "(deeplense_tf.realdata)."))
+    return configs
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for deeplense_lensing."""
 
@@ -86,19 +109,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                  "randomized Euclid/HST axion, CDM and FDM sets, a classification set, and "
                  "import of the released .npy files.",
     }
-    BUILDER_CONFIGS = _simulation_configs() + _npy_configs()
+    BUILDER_CONFIGS = _simulation_configs() + _npy_configs() + _fits_configs()
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    Only the `npy_model_*` configs read the manual directory. Put the released DeepLense
-    folders there as `Model_II/{axion,cdm,no_sub}/*.npy` and `Model_II_test/...` (or the
-    same for Model_I / Model_III). Axion files of the released sets are pickled object
-    arrays: building them needs `allow_pickle=True` (see deeplense_tf.deeplense_npy).
+    Only the `npy_model_*` and `fits_*` configs read the manual directory. npy: put the
+    released DeepLense folders there as `Model_II/{axion,cdm,no_sub}/*.npy` and
+    `Model_II_test/...` (or the same for Model_I / Model_III). Axion files of the released
+    sets are pickled object arrays: building them needs `allow_pickle=True` (see
+    deeplense_tf.deeplense_npy). fits: the cut-outs (*.fits, *.fits.gz, in sub-folders
+    too) and, optionally, `catalogue.csv` / `catalogue.ecsv` (or `catalogue=PATH`) with
+    columns file or name, ra, dec, labels and split (deeplense_tf.realdata.prepare).
     """
 
-    def __init__(self, *, num_workers: int | None = None, allow_pickle: bool = False, **kwargs):
-        """`num_workers`: simulation processes (default: all cores); `allow_pickle`:
-        whether pickled `.npy` files may be loaded (npy configs only)."""
+    def __init__(self, *, num_workers: int | None = None, allow_pickle: bool = False,
+                 catalogue: str | None = None, **kwargs):
+        """`num_workers`: simulation (or FITS reading) processes (default: all cores);
+        `allow_pickle`: whether pickled `.npy` files may be loaded (npy configs only);
+        `catalogue`: table of the cut-outs (fits configs only)."""
         self._num_workers = num_workers
         self._allow_pickle = allow_pickle
+        self._catalogue = catalogue
         super().__init__(**kwargs)
 
     def _create_builder_config(self, builder_config, version=None, **kwargs):
@@ -120,6 +149,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
+        if config.fits_instrument:
+            return self._fits_info()
         if config.npy_model:
             num_pix, targets, params = config.npy_num_pix, ("log10_m_axion",), ()
         else:
@@ -146,6 +177,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
+        if config.fits_instrument:
+            return self._fits_split_generators(dl_manager.manual_dir)
         if config.npy_model:
             return self._npy_split_generators(dl_manager.manual_dir)
         for split in SPLITS:
@@ -218,3 +251,82 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 raise deeplense_npy.NpyFormatError(f"{path}: axion file without a mass label")
             yield rel, {"image": image[..., None], "substructure": label,
                         "log10_m_axion": np.float32(log10_m), "source_file": rel}
+
+    # ----------------------------------------------------------------- real cut-outs
+
+    def _fits_info(self):
+        from deeplense_tf.simulation import instruments
+
+        n = instruments.get(self.builder_config.fits_instrument).num_pix
+        image = dict(shape=(n, n, 1), dtype=np.float32, encoding=tfds.features.Encoding.ZLIB)
+        features = {
+            "image": tfds.features.Tensor(**image, doc="Counts/s per pixel at the instrument's "
+                                                       "zero point, on its grid."),
+            "noise_sigma": tfds.features.Tensor(**image, doc="Per-pixel noise sigma, same unit."),
+            "substructure": tfds.features.ClassLabel(names=CLASS_NAMES,
+                                                     doc="-1: unknown (real data)"),
+            "name": tfds.features.Text(),
+            "source_file": tfds.features.Text(doc="Path relative to manual_dir."),
+            "ra": tfds.features.Scalar(dtype=np.float64, doc="Lens centre, degrees."),
+            "dec": tfds.features.Scalar(dtype=np.float64, doc="Lens centre, degrees."),
+            "pixel_scale_in": tfds.features.Scalar(dtype=np.float32,
+                                                   doc="Cut-out's own pixel scale, arcsec."),
+            "flux_scale": tfds.features.Scalar(dtype=np.float32, doc="File units -> counts/s "
+                                                                     "at the instrument's zero point."),
+        }
+        for target in FITS_TARGETS:
+            features[target] = tfds.features.Scalar(dtype=np.float32,
+                                                    doc=f"Known {target}, else NaN.")
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            homepage="https://github.com/ML4SCI/DeepLense",
+            metadata=tfds.core.MetadataDict())
+
+    def _fits_split_generators(self, manual_dir):
+        from deeplense_tf.realdata import prepare
+        from deeplense_tf.simulation import instruments
+
+        instrument = instruments.get(self.builder_config.fits_instrument)
+        manual_dir = epath.Path(manual_dir)
+        if not manual_dir.is_dir():
+            raise FileNotFoundError(f"manual_dir: expected a folder of FITS cut-outs, got "
+                                    f"{manual_dir}")
+        catalogue_path = self._catalogue
+        if catalogue_path is None:
+            for name in ("catalogue.ecsv", "catalogue.csv", "catalogue.fits"):
+                if (manual_dir / name).exists():
+                    catalogue_path = str(manual_dir / name)
+        catalogue = prepare.read_catalogue(catalogue_path, FITS_TARGETS)
+        paths = [p for p in prepare.list_fits(str(manual_dir))
+                 if not epath.Path(p).name.startswith("catalogue.")]
+        workers = self._num_workers or parallel.default_num_workers()
+        by_split, skipped = {s: [] for s in SPLITS}, []
+        for item in prepare.prepare_many(paths, instrument, catalogue, num_workers=workers):
+            if item.error:
+                logging.warning("skipped: %s", item.error)
+                skipped.append({"file": str(epath.Path(item.path).relative_to(manual_dir)),
+                                "reason": item.error})
+            else:
+                by_split[item.entry.split or "test"].append(item)
+        self.info.metadata["skipped"] = skipped
+        self.info.metadata["catalogue"] = epath.Path(catalogue_path).name if catalogue_path else None
+        if not any(by_split.values()):
+            raise ValueError(f"manual_dir={manual_dir}: none of the {len(paths)} FITS files "
+                             f"could be used; first reasons: {[s['reason'] for s in skipped[:3]]}")
+        return {split: self._generate_fits(items, manual_dir)
+                for split, items in by_split.items() if items}
+
+    def _generate_fits(self, items, manual_dir):
+        for item in items:
+            p = item.prepared
+            rel = str(epath.Path(item.path).relative_to(manual_dir))
+            example = {
+                "image": p.image[..., None], "noise_sigma": p.noise_sigma[..., None],
+                "substructure": -1, "name": item.name, "source_file": rel,
+                "ra": p.ra, "dec": p.dec, "pixel_scale_in": np.float32(p.pixel_scale_in),
+                "flux_scale": np.float32(p.flux_scale),
+            }
+            for target in FITS_TARGETS:
+                example[target] = np.float32(item.entry.labels.get(target, math.nan))
+            yield rel, example
+

@@ -19,6 +19,7 @@ Contract (relied on by training, export and serving):
 """
 
 from deeplense_tf.models.cost import ModelCost, count_params_and_flops
+from deeplense_tf.models.ood import OODScore
 from deeplense_tf.models.layers import (HEADS, NORMALIZATION_MODES, ImageNormalization,
                                         PositionEmbedding, RegressionOutput)
 from deeplense_tf.models.registry import (build_backbone, default_variant, list_models,
@@ -27,7 +28,8 @@ from deeplense_tf.models.regressor import (apply_head, build_regressor, standard
                                            target_names, target_scaling)
 
 __all__ = [
-    "HEADS", "NORMALIZATION_MODES", "ImageNormalization", "ModelCost", "PositionEmbedding",
+    "HEADS", "NORMALIZATION_MODES", "ImageNormalization", "ModelCost", "OODScore",
+    "PositionEmbedding",
     "RegressionOutput", "apply_head", "build_backbone", "build_regressor",
     "count_params_and_flops", "default_variant", "list_models", "resolve", "standardize",
     "target_names", "target_scaling", "variants",

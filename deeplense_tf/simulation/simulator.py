@@ -120,7 +120,7 @@ class LensSimulator:
         image = self.render(self._x - ax - sx, self._y - ay - sy, source)
         noiseless = image
         if self.noise:
-            image = self._add_noise(image, exposure, rng)
+            image = self.add_noise(image, exposure, rng)
         return SimulatedLens(image.astype(np.float32), name, params,
                              noiseless.astype(np.float32) if keep_noiseless else None)
 
@@ -158,7 +158,7 @@ class LensSimulator:
         unit_flux = self._light_model.total_flux([dict(kwargs, amp=1.0)])[0]
         return dict(kwargs, amp=counts_per_s / unit_flux)
 
-    def _add_noise(self, image, exposure_time, rng):
+    def add_noise(self, image, exposure_time, rng):
         """Background (Gaussian, instrument rms) + Poisson noise of the source counts."""
         counts = np.clip(image, 0, None) * exposure_time
         poisson = (rng.poisson(counts) - counts) / exposure_time
