@@ -68,7 +68,7 @@ def make_builder(config: str, data_dir: str, *, train_size=None, validation_size
         config = f"fits_{instrument}"
     elif instrument is not None:
         raise ValueError(f"--instrument={instrument}: only for --config=fits")
-    if catalogue is not None and not configs.get(config, dl.LensingConfig()).fits_instrument:
+    if catalogue is not None and not (config in configs and configs[config].fits_instrument):
         raise ValueError(f"--catalogue: only for fits configs, not {config!r}")
     if config not in configs:
         raise ValueError(f"--config: unknown config {config!r}; expected one of {sorted(configs)}")

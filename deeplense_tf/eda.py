@@ -25,7 +25,8 @@ import re
 import numpy as np
 from absl import app, flags
 
-_NOT_TARGETS = ("image", "substructure", "params", "source_file")
+_NOT_TARGETS = ("image", "substructure", "params", "source_file", "name", "ra", "dec",
+                "pixel_scale_in", "flux_scale", "noise_sigma")
 _BORDER_PIX = 4  # Border width (pixels) used to estimate the background noise.
 _GRID_COLUMNS = 6
 _TARGET_BINS = 5
@@ -88,7 +89,10 @@ def read_examples(builder, split: str, max_examples: int | None = None,
 
     targets = [k for k in builder.info.features if k not in _NOT_TARGETS]
     params = list(builder.info.features["params"]) if "params" in builder.info.features else []
-    return Examples(labels=cat("substructure"),
+    labels = cat("substructure")
+    # -1 is TFDS's "unknown label" (real cut-outs): the class after the named ones.
+    labels = np.where(labels < 0, len(builder.info.features["substructure"].names), labels)
+    return Examples(labels=labels,
                     targets={k: cat(k).astype(np.float64) for k in targets},
                     params={k: cat("params", k).astype(np.float64) for k in params},
                     images=cat("image")[..., 0] if with_images else None)
@@ -408,6 +412,8 @@ def _grid(output_dir, name, rows, sigma):
     """rows: [(row label, [(image, caption), ...]), ...]"""
     plt = _pyplot()
     shown = [_stretch(img, sigma) for _, cells in rows for img, _ in cells]
+    if not shown:
+        return None
     vmax = float(np.percentile(np.concatenate([s.ravel() for s in shown]), 99.9))
     ncols = max(len(cells) for _, cells in rows)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(1.3 * ncols, 1.45 * len(rows)),
@@ -431,7 +437,8 @@ def _grid(output_dir, name, rows, sigma):
 def sample_grids(output_dir, ex: Examples, class_names, sigma) -> list[tuple[str, str]]:
     figures = []
     present = [l for l in range(len(class_names)) if (ex.labels == l).any()]
-    target = next(iter(ex.targets), None)
+    # The first target known for some images (real cut-outs may know none).
+    target = next((t for t, v in ex.targets.items() if np.isfinite(v).any()), None)
     rows = []
     for l in present:
         idx = np.flatnonzero(ex.labels == l)[:_GRID_COLUMNS]
@@ -637,7 +644,7 @@ def run(data_dir: str, dataset: str, output_dir: str, split: str = "train",
     if split not in info.splits:
         raise ValueError(f"--split: {split!r} is not in {dataset}; expected one of {list(info.splits)}")
     os.makedirs(output_dir, exist_ok=True)
-    class_names = info.features["substructure"].names
+    class_names = list(info.features["substructure"].names) + ["unknown"]
 
     by_split = {s: read_examples(builder, s, with_images=False) for s in info.splits}
     ex = read_examples(builder, split, max_examples)

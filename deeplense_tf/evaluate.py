@@ -119,10 +119,18 @@ def binned_metrics(y_true, y_pred, sigma, constant, edges) -> list[dict]:
 def target_report(name, y_true, outputs, constant, table=None) -> dict:
     """Metrics of one target. `table`: the model's interval calibration for it, if any
     (then `outputs[name + "_std"]` is the calibrated 68.27% half-width)."""
-    y_pred = outputs[name]
+    # Real cut-outs may lack a label (NaN): metrics cover the labelled examples only.
+    known = np.isfinite(np.asarray(y_true, np.float64))
+    if not known.any():
+        raise ValueError(f"{name}: no example of the split has a known value")
+    y_true = np.asarray(y_true)[known]
+    y_pred = np.asarray(outputs[name])[known]
     sigma = outputs.get(name + "_std")
+    sigma = None if sigma is None else np.asarray(sigma)[known]
+    outputs = {k: np.asarray(v)[known] for k, v in outputs.items()}
     edges = np.linspace(np.min(y_true), np.max(y_true), _BINS + 1)
     report = {
+        "unlabelled_examples": int((~known).sum()),
         "model": point_metrics(y_true, y_pred),
         "constant_baseline": dict(point_metrics(y_true, np.full_like(y_true, constant)),
                                   value=float(constant)),
@@ -348,7 +356,10 @@ def write_report(results: dict, output_dir: str, model_path: str = "") -> dict:
              f"Model: `{model_path}`. {results['num_examples']} examples, every one used once.", ""]
     writer = tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
     for name, report in results["targets"].items():
-        figures = _figures(name, arrays["labels"][name], arrays["outputs"], report, output_dir)
+        known = np.isfinite(np.asarray(arrays["labels"][name], np.float64))
+        figures = _figures(name, np.asarray(arrays["labels"][name])[known],
+                           {k: np.asarray(v)[known] for k, v in arrays["outputs"].items()},
+                           report, output_dir)
         report["figures"] = figures
         lines += [f"## {name}", "",
                   "| predictor | MAE | RMSE | median AE | R^2 | bias |", "|---|---|---|---|---|---|",

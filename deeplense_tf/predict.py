@@ -73,7 +73,7 @@ class Predictor:
 
         import tensorflow as tf
 
-        call = tf.function(lambda x: model(x, training=False))
+        call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self._call = lambda images: {k: v.numpy() for k, v in call(images).items()}
 
     def _saved_model(self, path):
@@ -131,8 +131,12 @@ class _Rows:
         self.rows.append(row)
 
     def table(self):
+        """The rows in input order (`_order`), as an astropy Table."""
         from astropy.table import Table
 
+        self.rows.sort(key=lambda row: row.get("_order", 0))
+        for row in self.rows:
+            row.pop("_order", None)
         names = []
         for row in self.rows:
             names += [k for k in row if k not in names]
@@ -186,8 +190,8 @@ def predict_files(inputs, model, *, instrument: str | None = None, catalogue: st
 
         items = tqdm(items, total=len(paths), unit="cutout", desc="predict")
     rows, batch = _Rows(), []
-    for item in items:
-        meta = {"name": item.name, "file": item.path}
+    for order, item in enumerate(items):
+        meta = {"_order": order, "name": item.name, "file": item.path}
         truth = {f"true_{t}": item.entry.labels.get(t, math.nan) for t in predictor.targets
                  if t in item.entry.labels}
         if item.error:

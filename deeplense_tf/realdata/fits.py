@@ -190,10 +190,17 @@ def read_cutout(path: str, instrument, *, band: str | None = None,
     if not os.path.isfile(path):
         _fail(path, "no such file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with fits.open(path, memmap=False) as hdul:
                 hdul.verify("silentfix")
+                for h in hdul:
+                    h.data  # noqa: B018  (load now: a truncated file warns here)
+                truncated = [str(w.message).splitlines()[0] for w in caught
+                             if "truncated" in str(w.message)
+                             or "Error validating header" in str(w.message)]
+                if truncated:
+                    _fail(path, f"truncated or corrupt FITS file ({truncated[0]})")
                 return _read(hdul, path, instrument, band, expected_bands, zero_point)
     except RealDataError:
         raise
