@@ -65,11 +65,15 @@ class Prepared:
     noise_added: float = 0.0  # sigma of the white noise `match_noise` added
 
 
-def output_wcs(ra: float, dec: float, num_pix: int, pixel_scale_arcsec: float):
-    """TAN WCS of an instrument grid centred on (ra, dec) degrees, north up, east left."""
+def output_wcs(ra: float, dec: float, num_pix: int, pixel_scale_arcsec: float, like=None):
+    """TAN WCS of an instrument grid centred on (ra, dec) degrees, north up, east left, in
+    the celestial frame (RADESYS, EQUINOX) of the WCS `like` when given."""
     from astropy.wcs import WCS
 
     wcs = WCS(naxis=2)
+    if like is not None:
+        wcs.wcs.radesys = like.wcs.radesys
+        wcs.wcs.equinox = like.wcs.equinox
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = [ra, dec]
     wcs.wcs.crpix = [(num_pix + 1) / 2, (num_pix + 1) / 2]
@@ -93,21 +97,56 @@ def brightest_centre(cutout: Cutout) -> tuple[float, float]:
     return float(ra), float(dec)
 
 
-def _reproject(data, wcs_in, wcs_out, n, method, area_ratio):
-    from reproject import reproject_adaptive, reproject_exact, reproject_interp
+def _same_frame(wcs_in, wcs_out):
+    return (wcs_in.wcs.radesys == wcs_out.wcs.radesys
+            and (wcs_in.wcs.equinox == wcs_out.wcs.equinox
+                 or (np.isnan(wcs_in.wcs.equinox) and np.isnan(wcs_out.wcs.equinox)))
+            and [c[:4] for c in wcs_in.wcs.ctype] == [c[:4] for c in wcs_out.wcs.ctype])
 
+
+def _interp(data, wcs_in, wcs_out, n):
+    """Bilinear interpolation at the output pixel centres: reproject_interp's operation.
+
+    Both WCS in one celestial frame (`output_wcs(like=...)` makes it so): the output
+    pixel centres go to the input's pixels through WCSLIB's own transforms
+    (`wcs_pix2world`, `wcs_world2pix`), then scipy's `map_coordinates` (order 1), as
+    reproject does, without its per-call sky-frame machinery (10x faster on 64 x 64;
+    equal to reproject_interp to float rounding, tests/realdata). Other frames go
+    through reproject."""
+    if not _same_frame(wcs_in, wcs_out):
+        from reproject import reproject_interp
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.stack([reproject_interp((d, wcs_in), wcs_out, shape_out=(n, n),
+                                              order="bilinear", return_footprint=False)
+                             for d in data])
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0:n, 0:n]
+    world = wcs_out.wcs_pix2world(np.column_stack([xx.ravel(), yy.ravel()]).astype(np.float64), 0)
+    pixels = wcs_in.wcs_world2pix(world, 0)
+    coords = np.array([pixels[:, 1], pixels[:, 0]])  # (row, column)
+    return np.stack([ndimage.map_coordinates(d, coords, order=1, mode="nearest").reshape(n, n)
+                     for d in data])
+
+
+def _reproject(data, wcs_in, wcs_out, n, method, area_ratio):
+    """Resamples a stack of images (K, H, W) sharing `wcs_in`: (K, n, n), counts/pixel."""
+    from reproject import reproject_adaptive, reproject_exact
+
+    data = np.asarray(data, np.float64)
+    if method == "interp":
+        return _interp(data, wcs_in, wcs_out, n) * area_ratio
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if method == "adaptive":
-            out, _ = reproject_adaptive((data, wcs_in), wcs_out, shape_out=(n, n),
-                                        conserve_flux=True, kernel="hann",
-                                        boundary_mode="strict", roundtrip_coords=False)
-        elif method == "interp":
-            out, _ = reproject_interp((data, wcs_in), wcs_out, shape_out=(n, n), order="bilinear")
-            out = out * area_ratio
+            out = reproject_adaptive((data, wcs_in), wcs_out, shape_out=(len(data), n, n),
+                                     conserve_flux=True, kernel="hann", boundary_mode="strict",
+                                     roundtrip_coords=False, return_footprint=False)
         else:
-            out, _ = reproject_exact((data, wcs_in), wcs_out, shape_out=(n, n))
-            out = out * area_ratio
+            out = reproject_exact((data, wcs_in), wcs_out, shape_out=(len(data), n, n),
+                                  return_footprint=False) * area_ratio
     return out
 
 
@@ -135,7 +174,7 @@ def to_instrument_grid(cutout: Cutout, instrument, *, center: tuple[float, float
         (ra, dec), source = cutout.target, "header"
     else:
         (ra, dec), source = brightest_centre(cutout), "brightest"
-    wcs_out = output_wcs(ra, dec, n, scale)
+    wcs_out = output_wcs(ra, dec, n, scale, like=cutout.wcs)
     # The output field's outer pixel edges, in the cut-out's pixels: all inside, or refuse.
     edge = np.array([-0.5, n - 0.5])
     corners = np.array([[x, y] for x in edge for y in edge])
@@ -156,19 +195,21 @@ def to_instrument_grid(cutout: Cutout, instrument, *, center: tuple[float, float
         method = "adaptive" if scale > AUTO_DOWNSAMPLING * cutout.pixel_scale_arcsec else "interp"
     masked = ~np.isfinite(cutout.data)
     if masked.any():
-        reach = _reproject(masked.astype(np.float64), cutout.wcs, wcs_out, n, "interp", 1.0)
+        reach = _reproject(masked[None].astype(np.float64), cutout.wcs, wcs_out, n, "interp", 1.0)
         bad = int(np.sum(reach > 0))
         if bad:
             raise RealDataError(f"{cutout.path}: {bad} of the model's {n * n} pixels touch "
                                 "masked or NaN pixels of the cut-out (the lens centre or its "
                                 "arcs are masked?)")
-    image = _reproject(np.nan_to_num(cutout.data, nan=0.0), cutout.wcs, wcs_out, n, method,
-                       area_ratio)
     noise_factor = min(1.0, area_ratio)
-    if cutout.sigma is not None and np.isfinite(cutout.sigma[~masked]).all():
-        variance = _reproject(np.nan_to_num(cutout.sigma, nan=0.0) ** 2, cutout.wcs, wcs_out, n,
-                              method, area_ratio)
-        sigma = np.sqrt(np.clip(variance * noise_factor, 0, None))
+    stack = [np.nan_to_num(cutout.data, nan=0.0)]
+    with_sigma = cutout.sigma is not None and np.isfinite(cutout.sigma[~masked]).all()
+    if with_sigma:
+        stack.append(np.nan_to_num(cutout.sigma, nan=0.0) ** 2)
+    resampled = _reproject(np.stack(stack), cutout.wcs, wcs_out, n, method, area_ratio)
+    image = resampled[0]
+    if with_sigma:
+        sigma = np.sqrt(np.clip(resampled[1] * noise_factor, 0, None))
         noise_source = "noise extension"
     else:
         _, sigma_in = outer_background(cutout.data)

@@ -183,3 +183,25 @@ def test_hst_sky_and_units_are_recorded(tmp_path):
     assert cutout.sky == pytest.approx(1.5 / written["to_file"], rel=1e-3)
     assert "PHOTFLAM, PHOTPLAM" in cutout.conversion and "sigma from ERR" in cutout.conversion
     assert math.isclose(cutout.flux_scale, 1 / written["to_file"], rel_tol=1e-9)
+
+
+def test_fast_paths_equal_the_library_calls(tmp_path):
+    """The bilinear path equals reproject_interp, and the clipped statistics astropy's."""
+    from astropy.stats import sigma_clipped_stats
+    from reproject import reproject_interp
+
+    from deeplense_tf.realdata.fits import clipped_stats
+
+    image, _ = mock.render_on_grid("model_ii_axion", 0, 6, num_pix=100, pixel_scale_arcsec=0.1,
+                                   rotation_deg=33.0)
+    path = str(tmp_path / "lens.fits")
+    mock.write_euclid(path, image, ra=RA, dec=DEC, rotation_deg=33.0, noise_sigma=0.011)
+    cutout = read_cutout(path, instruments.get("euclid"))
+    wcs_out = resample.output_wcs(RA, DEC, 64, 0.101, like=cutout.wcs)
+    fast = resample._interp(cutout.data[None], cutout.wcs, wcs_out, 64)[0]
+    slow = reproject_interp((cutout.data, cutout.wcs), wcs_out, shape_out=(64, 64),
+                            return_footprint=False)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    values = np.concatenate([np.random.default_rng(0).normal(1, 2, 5000), np.full(50, 80.0)])
+    np.testing.assert_allclose(clipped_stats(values),
+                               sigma_clipped_stats(values, sigma=3, maxiters=10)[1:], rtol=1e-12)
