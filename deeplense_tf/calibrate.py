@@ -5,7 +5,9 @@ r"""Calibrates a Gaussian regressor's intervals on the validation split.
 
 Fits the quantiles of |y - mean| / sigma on `--split` (default validation; the test
 split is refused) and writes a copy of the model that carries them (see
-`deeplense_tf.calibration`). Prints the coverage before and the stored half-widths.
+`deeplense_tf.calibration`), and beside it `<output>_calibration.json`: the coverage
+before and the stored half-widths (what `package_model --calibration_report` puts on
+the model card).
 Evaluate the result on the test split with `python -m deeplense_tf.evaluate`.
 """
 
@@ -55,7 +57,11 @@ def main(argv):
     calibrated, report = calibration.calibrate(model, FLAGS.data_dir, FLAGS.dataset,
                                                FLAGS.split, FLAGS.batch_size)
     calibration.save_atomic(calibrated, FLAGS.output)
+    report_path = os.path.splitext(FLAGS.output)[0] + "_calibration.json"
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
+    print(f"Report: {report_path}")
     print(f"Calibrated model: {FLAGS.output}")
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
+
+import numpy as np
 
 from absl import app, flags
 
@@ -35,7 +36,110 @@ def _read_json(path):
         return json.load(f)
 
 
-def package(workdir: str, evaluation: str, name: str, output_dir: str | None = None) -> dict:
+def _test_section(metrics: dict) -> dict:
+    """What a card keeps of an evaluation's metrics.json, per target."""
+    out = {}
+    for t, r in metrics["targets"].items():
+        entry = {"model": r["model"], "constant_baseline": r["constant_baseline"]}
+        if "gaussian" in r:
+            entry["gaussian"] = {k: v for k, v in r["gaussian"].items() if k != "calibration"}
+        if "tta" in r:
+            entry["tta"] = r["tta"]["model"]
+        if "reference" in r:
+            ref = r["reference"]
+            entry["floor"] = {k: ref[k] for k in ("count", "model_mae", "floor_mae",
+                                                  "model_over_floor", "floor_coverage_68",
+                                                  "floor_coverage_95") if k in ref}
+            if "model_tta_mae" in ref:
+                entry["floor"]["model_tta_mae"] = ref["model_tta_mae"]
+        out[t] = entry
+    return out
+
+
+def _extras(calibration_report: str | None, ood_report: str | None) -> dict:
+    extras = {}
+    if calibration_report:
+        extras["calibration"] = _read_json(calibration_report)
+    if ood_report:
+        ood = _read_json(ood_report)
+        extras["ood"] = {k: ood[k] for k in ("threshold", "quantile", "train_examples",
+                                             "flagged", "test_examples")}
+    return extras
+
+
+def _save_model(model, output_dir, name) -> int:
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=output_dir, prefix=".tmp-")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        size = os.path.getsize(tmp)
+        if size > MAX_BYTES:
+            raise ValueError(f"{name}: {size / 2**20:.1f} MB exceeds the 20 MB limit of shipped models")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(output_dir, f"{name}.keras"))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return size
+
+
+def _write_card(meta, flagfile, metrics, output_dir):
+    name = meta["name"]
+    for suffix, text in ((".json", json.dumps(meta, indent=2)),
+                         (".md", model_card(meta, flagfile, metrics))):
+        tmp = os.path.join(output_dir, f".tmp-{name}{suffix}")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(output_dir, f"{name}{suffix}"))
+
+
+def update_shipped(name: str, model_path: str, evaluation: str, *,
+                   calibration_report: str | None = None, ood_report: str | None = None,
+                   output_dir: str | None = None) -> dict:
+    """Replaces a shipped model by `model_path` (the same network, calibrated and/or with
+    an OOD score) and its card's numbers by `evaluation` (the test split), keeping what the
+    card says of its training (the run itself is not needed)."""
+    import keras
+
+    import deeplense_tf.models  # noqa: F401
+    from deeplense_tf import models, pretrained
+
+    output_dir = output_dir or os.path.dirname(os.path.abspath(pretrained.__file__))
+    meta = pretrained.info(name)
+    card = pretrained.card(name)
+    flagfile = card.split("```\n", 1)[1].split("```", 1)[0] if "```\n" in card else ""
+    metrics = _read_json(os.path.join(evaluation, "metrics.json"))
+    if metrics["split"] != "test":
+        raise ValueError(f"{evaluation}: evaluated on {metrics['split']!r}; model cards quote "
+                         "the test split")
+    if metrics["dataset"].split(":")[0] != meta["dataset"].split(":")[0]:
+        raise ValueError(f"{evaluation} evaluates {metrics['dataset']}, {name} was trained on "
+                         f"{meta['dataset']}")
+    model = keras.saving.load_model(model_path, compile=False)
+    old = pretrained.load(name)
+    if model.count_params() - sum(int(np.prod(w.shape)) for w in _ood_weights(model)) != \
+            old.count_params() - sum(int(np.prod(w.shape)) for w in _ood_weights(old)):
+        raise ValueError(f"{model_path}: not the network shipped as {name} (other parameters)")
+    size = _save_model(model, output_dir, name)
+    meta.update(size_mb=round(size / 2**20, 2), test=_test_section(metrics),
+                num_test_examples=metrics["num_examples"], outputs=sorted(model.output),
+                **_extras(calibration_report, ood_report))
+    meta["targets"] = models.target_names(model)
+    _write_card(meta, flagfile, metrics, output_dir)
+    pretrained.load.cache_clear()
+    return meta
+
+
+def _ood_weights(model):
+    try:
+        return model.get_layer("ood_score").weights
+    except ValueError:
+        return []
+
+
+def package(workdir: str, evaluation: str, name: str, output_dir: str | None = None, *,
+            model_path: str | None = None, calibration_report: str | None = None,
+            ood_report: str | None = None) -> dict:
     import keras
 
     import deeplense_tf.models  # noqa: F401
@@ -59,7 +163,8 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
         # The card names no local paths: the data directory is the reader's own.
         flagfile = "\n".join(line for line in f.read().splitlines()
                              if line.startswith("--") and not line.startswith("--data_dir="))
-    model = keras.saving.load_model(os.path.join(workdir, "model.keras"), compile=False)
+    model = keras.saving.load_model(model_path or os.path.join(workdir, "model.keras"),
+                                    compile=False)
     from deeplense_tf.datasets.deeplense_lensing import deeplense_lensing_dataset_builder as dl
 
     config_name = config["dataset"].split("/")[1].split(":")[0].split("__")[0]
@@ -72,18 +177,7 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
     data_path = input_pipeline.dataset_path(config["data_dir"], config["dataset"])
     cost = models.count_params_and_flops(model)
 
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=output_dir, prefix=".tmp-")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        size = os.path.getsize(tmp)
-        if size > MAX_BYTES:
-            raise ValueError(f"{name}: {size / 2**20:.1f} MB exceeds the 20 MB limit of shipped models")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.path.join(output_dir, f"{name}.keras"))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    size = _save_model(model, output_dir, name)
 
     meta = {
         "name": name,
@@ -102,17 +196,12 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
         "size_mb": round(size / 2**20, 2),
         "train_seconds": summary.get("train_seconds"), "machine": summary.get("machine"),
         "steps": summary["steps"], "best_epoch": summary["best_epoch"],
-        "test": {t: {"model": r["model"], "constant_baseline": r["constant_baseline"],
-                     **({"gaussian": {k: v for k, v in r["gaussian"].items() if k != "calibration"}}
-                        if "gaussian" in r else {}),
-                     **({"tta": r["tta"]["model"]} if "tta" in r else {})}
-                 for t, r in metrics["targets"].items()},
+        "test": _test_section(metrics),
         "num_test_examples": metrics["num_examples"],
+        "outputs": sorted(model.output),
+        **_extras(calibration_report, ood_report),
     }
-    with open(os.path.join(output_dir, f"{name}.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    with open(os.path.join(output_dir, f"{name}.md"), "w") as f:
-        f.write(model_card(meta, flagfile, metrics))
+    _write_card(meta, flagfile, metrics, output_dir)
     return meta
 
 
@@ -146,9 +235,23 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
     for target, r in meta["test"].items():
         if "gaussian" in r:
             g = r["gaussian"]
-            lines += [f"Uncertainty ({target}): 68% interval coverage {g['coverage_68']:.3f}, "
-                      f"95% coverage {g['coverage_95']:.3f}, mean NLL {g['nll']:.3f}; the model is "
-                      f"{g['verdict']}.", ""]
+            how = ("intervals calibrated on the validation split (below)" if g.get("calibrated")
+                   else "Gaussian intervals")
+            lines += [f"Uncertainty ({target}, {how}): 68% interval coverage "
+                      f"{g['coverage_68']:.3f}, 95% coverage {g['coverage_95']:.3f}"
+                      + (f", largest deviation of the calibration curve from the diagonal "
+                         f"{g['max_calibration_deviation']:.3f}"
+                         if "max_calibration_deviation" in g else "")
+                      + f"; mean NLL of the head's Gaussian {g['nll']:.3f}.", ""]
+    for target, r in meta["test"].items():
+        if "floor" in r:
+            f = r["floor"]
+            lines += [f"Against the information floor ({target}): on {f['count']} test images "
+                      "with an exact-likelihood reference posterior (`python -m "
+                      f"deeplense_tf.reference`), MAE {f['model_mae']:.4f}"
+                      + (f" ({f['model_tta_mae']:.4f} with TTA)" if "model_tta_mae" in f else "")
+                      + f" against the floor's {f['floor_mae']:.4f}: "
+                      f"{f['model_over_floor']:.2f}x the floor.", ""]
     lines += ["Error across the target range (test split):", "",
               "| true value bin | count | MAE | constant MAE | median prediction | 68% coverage |",
               "|---|---|---|---|---|---|"]
@@ -158,6 +261,28 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
                 lines.append(f"| {target} [{b['low']:.2f}, {b['high']:.2f}) | {b['count']} | "
                              f"{b['mae']:.3f} | {b['constant_mae']:.3f} | "
                              f"{b['median_prediction']:.3f} | {b.get('coverage_68', float('nan')):.2f} |")
+    if "calibration" in meta:
+        lines += ["", "## Interval calibration", "",
+                  f"Fitted on the `{meta['calibration']['split']}` split of "
+                  f"`{meta['calibration']['dataset']}` (`python -m deeplense_tf.calibrate`): the "
+                  "central interval of level p is mean +- k(p) sigma, k the validation quantile "
+                  "of |error| / sigma, stored in the model (`_std`, `_q16`, `_q84`, `_q025`, "
+                  "`_q975` outputs).", "", "| target | validation coverage before (68% / 95%) | "
+                  "k(0.68) | k(0.95) |", "|---|---|---|---|"]
+        for target, c in meta["calibration"]["targets"].items():
+            lines.append(f"| {target} | {c['uncalibrated_coverage_68']:.3f} / "
+                         f"{c['uncalibrated_coverage_95']:.3f} | {c['half_width_68_in_sigma']:.3f} "
+                         f"| {c['half_width_95_in_sigma']:.3f} |")
+    if "ood" in meta:
+        o = meta["ood"]
+        lines += ["", "## Out-of-distribution flag", "",
+                  f"`ood_flag` = 1 when `ood_score` > {o['threshold']:.3f}, the "
+                  f"{o['quantile']:.2f} quantile of the score on the validation split (`python -m "
+                  "deeplense_tf.ood`; feature and pixel-statistic Mahalanobis distances to "
+                  f"{o['train_examples']} training images). Fraction flagged:", "",
+                  "| images | flagged |", "|---|---|"]
+        for what, rate in o["flagged"].items():
+            lines.append(f"| {what} | {rate:.1%} |")
     lines += ["", "## Known limits", ""]
     for target in meta["targets"]:
         if target in PLATEAU_NOTE:
@@ -191,16 +316,32 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
+    flags.DEFINE_string("workdir", None, "Training run directory (or give --update_shipped).")
+    flags.DEFINE_bool("update_shipped", False, "Replace the shipped model --name by --model "
+                      "(calibrated / with OOD outputs), keeping its card's training facts.")
+    flags.DEFINE_string("model", None, "The .keras file to ship (default RUN/model.keras).")
     flags.DEFINE_string("evaluation", None, "Evaluation output directory (test split).",
                         required=True)
     flags.DEFINE_string("name", None, "Name of the shipped model.", required=True)
+    flags.DEFINE_string("calibration_report", None, "JSON printed by deeplense_tf.calibrate.")
+    flags.DEFINE_string("ood_report", None, "ood.json written by deeplense_tf.ood.")
     flags.DEFINE_string("output_dir", None, "Default: the package's pretrained/ folder.")
 
 
 def main(argv):
     del argv
-    meta = package(FLAGS.workdir, FLAGS.evaluation, FLAGS.name, FLAGS.output_dir)
+    if FLAGS.update_shipped:
+        if not FLAGS.model:
+            raise app.UsageError("--update_shipped needs --model")
+        meta = update_shipped(FLAGS.name, FLAGS.model, FLAGS.evaluation,
+                              calibration_report=FLAGS.calibration_report,
+                              ood_report=FLAGS.ood_report, output_dir=FLAGS.output_dir)
+    elif not FLAGS.workdir:
+        raise app.UsageError("give --workdir (a training run) or --update_shipped")
+    else:
+        meta = package(FLAGS.workdir, FLAGS.evaluation, FLAGS.name, FLAGS.output_dir,
+                       model_path=FLAGS.model, calibration_report=FLAGS.calibration_report,
+                       ood_report=FLAGS.ood_report)
     print(json.dumps({k: meta[k] for k in ("name", "size_mb", "test")}, indent=2))
 
 

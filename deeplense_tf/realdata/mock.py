@@ -158,3 +158,69 @@ def write_euclid(path: str, image_cps, *, ra: float, dec: float,
                                       band_header, name=f"{band}_RMS" if len(bands) > 1 else "RMS"))
     fits.HDUList(hdus).writeto(path, overwrite=True)
     return {"zero_point": magzero, "to_file": to_file}
+
+
+def write_examples(output_dir: str) -> list[str]:
+    """The example cut-outs shipped with the package (deterministic): four Euclid VIS
+    lenses of `model_ii_axion` test examples 0-3 (one multi-band, one with a lens galaxy
+    whose light the models never saw), one cut-out too small for the field, one HST
+    WFC3/F160W drizzled file, and `catalogue.csv` with positions and the true masses."""
+    import os
+
+    from deeplense_tf.simulation import perturbations
+
+    os.makedirs(output_dir, exist_ok=True)
+    euclid = instruments.get("euclid")
+    rows = ["file,name,ra,dec,log10_m_axion"]
+    written = []
+    for i in range(4):
+        rotation = 35.0 * i
+        image, params = render_on_grid("model_ii_axion", 0, i, num_pix=100,
+                                       pixel_scale_arcsec=0.1, rotation_deg=rotation)
+        if i == 3:
+            grid = dataclasses.replace(euclid, num_pix=100, pixel_scale_arcsec=0.1)
+            image = image + perturbations.lens_light(grid, params, np.random.default_rng(3),
+                                                     magnitude=19.0)
+        ra, dec = 150.1 + 0.02 * i, 2.2 - 0.01 * i
+        name = f"EUC_example_{i}.fits"
+        write_euclid(os.path.join(output_dir, name), image, ra=ra, dec=dec, rotation_deg=rotation,
+                     noise_sigma=0.011, rng=np.random.default_rng(100 + i),
+                     bands=("VIS", "NIR_H") if i == 1 else ("VIS",))
+        rows.append(f"{name},J{i:03d}{'_lens_light' if i == 3 else ''},{ra:.6f},{dec:.6f},"
+                    f"{params['log10_m_axion']:.5f}")
+        written.append(name)
+    small, _ = render_on_grid("model_ii_axion", 0, 4, num_pix=48, pixel_scale_arcsec=0.1)
+    write_euclid(os.path.join(output_dir, "EUC_example_too_small.fits"), small, ra=150.2, dec=2.1,
+                 noise_sigma=0.011, rng=np.random.default_rng(104))
+    rows.append("EUC_example_too_small.fits,J004_small,150.200000,2.100000,")
+    written.append("EUC_example_too_small.fits")
+    hst_image, hst_params = render_on_grid("model_iii_axion", 0, 5, num_pix=100,
+                                           pixel_scale_arcsec=0.065, rotation_deg=-20.0)
+    write_hst(os.path.join(output_dir, "HST_example_drz.fits"), hst_image, ra=210.3, dec=-1.1,
+              pixel_scale_arcsec=0.065, rotation_deg=-20.0, rng=np.random.default_rng(105))
+    written.append("HST_example_drz.fits")
+    with open(os.path.join(output_dir, "catalogue.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    with open(os.path.join(output_dir, "README.md"), "w") as f:
+        f.write(
+            "# Example cut-outs\n\n"
+            "Survey-like FITS files made from the package's simulations by `python -m "
+            "deeplense_tf.realdata.mock --output_dir=<this folder>` (no real survey file can "
+            "be shipped): `EUC_example_0..3.fits` are Euclid VIS cut-outs (0.1\"/px, MAGZERO, "
+            "RMS extension, rotated WCS) of `model_ii_axion` test lenses 0-3, the second with a "
+            "NIR_H extension too, the fourth with a lens galaxy's light added (which the models "
+            "never saw: the OOD flag should catch it); `EUC_example_too_small.fits` is smaller "
+            "than a model's 6.46\" field and is refused; `HST_example_drz.fits` is a "
+            "WFC3/F160W drizzled file (0.065\"/px, SCI/WHT/ERR/DQ in e-/s, sky left in) of "
+            f"`model_iii_axion` test lens 5 (log10 m_a = {hst_params['log10_m_axion']:.3f}). "
+            "`catalogue.csv` gives names, positions and the true log10 m_a of the Euclid "
+            "lenses.\n")
+    return written
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Writes the example cut-outs.")
+    parser.add_argument("--output_dir", required=True)
+    print("\n".join(write_examples(parser.parse_args().output_dir)))

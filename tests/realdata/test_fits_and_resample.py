@@ -205,3 +205,18 @@ def test_fast_paths_equal_the_library_calls(tmp_path):
     values = np.concatenate([np.random.default_rng(0).normal(1, 2, 5000), np.full(50, 80.0)])
     np.testing.assert_allclose(clipped_stats(values),
                                sigma_clipped_stats(values, sigma=3, maxiters=10)[1:], rtol=1e-12)
+
+
+def test_shipped_example_cutouts_are_what_their_command_writes(tmp_path):
+    import pathlib
+
+    shipped = pathlib.Path(mock.__file__).parent / "examples"
+    written = mock.write_examples(str(tmp_path))
+    assert sorted(written) == sorted(p.name for p in shipped.glob("*.fits"))
+    for name in written:
+        with fits.open(shipped / name) as a, fits.open(tmp_path / name) as b:
+            assert [h.name for h in a] == [h.name for h in b]
+            for ha, hb in zip(a, b):
+                if ha.data is not None:
+                    np.testing.assert_array_equal(ha.data, hb.data, err_msg=f"{name} {ha.name}")
+    assert (shipped / "catalogue.csv").read_text() == (tmp_path / "catalogue.csv").read_text()
