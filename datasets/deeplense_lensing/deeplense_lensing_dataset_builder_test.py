@@ -1,4 +1,5 @@
-"""TFDS's standard builder test over every tiny simulation config and the npy import."""
+"""TFDS's standard builder test over every tiny simulation config, the npy import and the
+FITS import."""
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -21,6 +22,16 @@ class NpyImportTest(tfds.testing.DatasetBuilderTestCase):
     DATASET_CLASS = builder.Builder
     BUILDER_CONFIG_NAMES_TO_TEST = ["npy_model_ii"]
     SPLITS = {"train": 13, "validation": 2, "test": 3}
+    EXAMPLE_DIR = _DUMMY
+    SKIP_CHECKSUMS = True
+
+
+class FitsImportTest(tfds.testing.DatasetBuilderTestCase):
+    """Two Euclid-style cut-outs (dummy_data/fits, written by deeplense_tf.realdata.mock)."""
+
+    DATASET_CLASS = builder.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = ["fits_euclid"]
+    SPLITS = {"test": 2}
     EXAMPLE_DIR = _DUMMY
     SKIP_CHECKSUMS = True
 

@@ -80,15 +80,30 @@ def apply_head(features, output_layer, *, dropout=0.0):
     return output_layer(x)
 
 
+def _output_layer(model):
+    """The `regression_output` layer of a regressor, or of the first regressor nested in
+    it (an ensemble, `deeplense_tf.ensemble`)."""
+    try:
+        return model.get_layer(OUTPUT_LAYER)
+    except ValueError:
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                try:
+                    return _output_layer(layer)
+                except ValueError:
+                    continue
+        raise
+
+
 def target_names(model):
     """Target names of a regressor, in the order of `target_scaling`."""
-    return list(model.get_layer(OUTPUT_LAYER).targets)
+    return list(_output_layer(model).targets)
 
 
 def target_scaling(model):
     """-> (mean, std): float32 arrays of shape (K,), the training-split statistics the model
     de-scales with, in the order of `target_names(model)`."""
-    layer = model.get_layer(OUTPUT_LAYER)
+    layer = _output_layer(model)
     return (np.asarray(layer.target_mean, np.float32), np.asarray(layer.target_std, np.float32))
 
 
