@@ -18,6 +18,9 @@ import os
 
 from absl import app, flags
 
+from deeplense_tf import console
+
+
 FLAGS = flags.FLAGS
 
 
@@ -33,24 +36,17 @@ def define_flags():
 
 
 def load_model(model: str):
-    """A .keras path or a shipped model's name."""
-    import keras
-
-    import deeplense_tf.models  # noqa: F401
+    """A .keras path or a shipped model's name (`pretrained.resolve`'s rule)."""
     from deeplense_tf import pretrained
 
-    if os.path.exists(model):
-        return keras.saving.load_model(model, compile=False)
-    if model in pretrained.list():
-        return pretrained.load(model)
-    raise FileNotFoundError(f"--model={model}: neither a file nor a shipped model "
-                            f"({pretrained.list()})")
+    return pretrained.load_model(model)
 
 
 def main(argv):
     del argv
     from deeplense_tf import calibration
 
+    console.setup()
     if not FLAGS.output.endswith(".keras"):
         raise app.UsageError(f"--output={FLAGS.output}: expected a .keras file name")
     model = load_model(FLAGS.model)

@@ -25,6 +25,9 @@ import re
 import numpy as np
 from absl import app, flags
 
+from deeplense_tf import console
+
+
 _NOT_TARGETS = ("image", "substructure", "params", "source_file", "name", "ra", "dec",
                 "pixel_scale_in", "flux_scale", "noise_sigma")
 _BORDER_PIX = 4  # Border width (pixels) used to estimate the background noise.
@@ -771,6 +774,7 @@ def run_from_flags(f) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    console.setup(log_file=os.path.join(flags.FLAGS.output_dir, "eda.log"))
     run_from_flags(flags.FLAGS)
     print(os.path.join(flags.FLAGS.output_dir, "report.md"))
 

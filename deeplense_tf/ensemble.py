@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from deeplense_tf import console
+
+
 
 def build(models_list, name="ensemble"):
     """One functional model averaging `models_list` (keras.Models with equal inputs and
@@ -59,6 +62,7 @@ def main(argv):
     from deeplense_tf import calibration
     from deeplense_tf.calibrate import load_model
 
+    console.setup()
     members = [load_model(m) for m in FLAGS.models]
     calibration.save_atomic(build(members), FLAGS.output)
     print(f"Ensemble of {len(members)}: {FLAGS.output}")

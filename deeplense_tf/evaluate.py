@@ -27,6 +27,9 @@ import os
 import numpy as np
 from absl import app, flags
 
+from deeplense_tf import console
+
+
 _BINS = 10
 _NOMINAL = np.linspace(0.05, 0.95, 19)
 
@@ -430,18 +433,10 @@ def write_report(results: dict, output_dir: str, model_path: str = "") -> dict:
 
 def run(model_path: str, data_dir: str, dataset: str, output_dir: str, split: str = "test",
         tta: bool = False, batch_size: int = 256, reference: str | None = None) -> dict:
-    import keras
+    from deeplense_tf import pretrained
 
-    import deeplense_tf.models  # noqa: F401  (registers the layers)
-
-    if not os.path.exists(model_path):
-        from deeplense_tf import pretrained
-
-        if model_path not in pretrained.list():
-            raise FileNotFoundError(f"--model: {model_path} is neither a file nor a shipped "
-                                    f"model ({pretrained.list()})")
-        model_path = os.path.join(os.path.dirname(pretrained.__file__), model_path + ".keras")
-    model = keras.saving.load_model(model_path, compile=False)
+    model = pretrained.load_model(model_path)
+    model_path = pretrained.resolve(model_path)
     results = evaluate(model, data_dir, dataset, split, tta, batch_size, reference)
     return write_report(results, output_dir, model_path)
 
@@ -487,6 +482,7 @@ def main(argv):
     del argv
     if bool(FLAGS.model) == bool(FLAGS.workdir):
         raise app.UsageError("give exactly one of --model and --workdir")
+    console.setup(log_file=os.path.join(FLAGS.output_dir, "evaluate.log"))
     model_path = FLAGS.model or os.path.join(FLAGS.workdir, "model.keras")
     results = run(model_path, FLAGS.data_dir, FLAGS.dataset, FLAGS.output_dir, FLAGS.split,
                   FLAGS.tta, FLAGS.batch_size, FLAGS.reference)

@@ -41,19 +41,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from deeplense_tf import serving_protos
+from deeplense_tf import console
+from deeplense_tf.serving import protos
 
 _SIGNATURE_KEY = "serving_default"
 _INPUT_NAME = "image"
 _EXPORT_INFO_RELATIVE_PATH = os.path.join("assets.extra", "deeplense_export.json")
-
-
-def _register_custom_layers() -> None:
-    """Imports deeplense_tf.models so its Keras layers are registered before loading."""
-    try:
-        import deeplense_tf.models  # noqa: F401
-    except ImportError as error:  # the models package may not define everything yet
-        logging.warning("deeplense_tf.models not importable (%s); loading built-in layers only", error)
 
 
 def version_directories(base_path: str) -> list[int]:
@@ -115,7 +108,7 @@ def _serving_module(model, height: int, width: int) -> tf.Module:
 def _warmup_requests(model_name: str, height: int, width: int, batch_sizes: Sequence[int]):
     for batch_size in batch_sizes:
         image = np.zeros((batch_size, height, width, 1), np.float32)
-        yield serving_protos.predict_request(model_name, {_INPUT_NAME: image}, _SIGNATURE_KEY)
+        yield protos.predict_request(model_name, {_INPUT_NAME: image}, _SIGNATURE_KEY)
 
 
 def _file_sha256(path: str) -> str:
@@ -155,12 +148,15 @@ def export_saved_model(
     if not model_name or "/" in model_name or model_name.startswith("."):
         raise ValueError(f"invalid model name {model_name!r}")
     source_info = {}
+    bar = console.Progress(total=4, desc=f"export {model_name}", unit="stage", log_summary=False)
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        _register_custom_layers()
+        from deeplense_tf import pretrained
+
+        path = pretrained.resolve(os.fspath(model))
         source_info = {"source_model": os.path.basename(path), "source_model_sha256": _file_sha256(path)}
-        model = keras.saving.load_model(path, compile=False)
+        model = pretrained.load_model(path)
     height, width = _check_contract(model)
+    bar.update(1, stage="loaded")
 
     base_path = os.path.join(export_base, model_name)
     os.makedirs(base_path, exist_ok=True)
@@ -181,14 +177,16 @@ def export_saved_model(
             "the serving graph contains XLA-must-compile functions, which stock TF Serving "
             f"refuses (Keras wraps grouped convolutions in them): {sorted(set(needs_xla))[:5]}"
         )
+    bar.update(1, stage="traced")
 
     # Hidden (and non-integer) name: TF Serving and our server ignore it while it grows.
     temp_path = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_path)
     try:
         tf.saved_model.save(module, temp_path, signatures={_SIGNATURE_KEY: concrete})
+        bar.update(1, stage="saved")
         os.makedirs(os.path.join(temp_path, "assets.extra"), exist_ok=True)
-        warmup_count = serving_protos.write_warmup_file(
-            os.path.join(temp_path, serving_protos.WARMUP_RELATIVE_PATH),
+        warmup_count = protos.write_warmup_file(
+            os.path.join(temp_path, protos.WARMUP_RELATIVE_PATH),
             _warmup_requests(model_name, height, width, warmup_batch_sizes),
         )
         info = {
@@ -209,16 +207,20 @@ def export_saved_model(
         os.chmod(temp_path, 0o755)  # mkdtemp makes it private; servers may run as another user
         # rename() of a directory is atomic and fails if the target exists and is not empty.
         os.rename(temp_path, final_path)
+        bar.update(1, stage="warm-up written")
     except BaseException:
         shutil.rmtree(temp_path, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     logging.info("exported %s version %d to %s", model_name, version, final_path)
     return final_path
 
 
 def _define_flags() -> None:
     # Defined only when run as a program: modules imported together must not clash.
-    flags.DEFINE_string("model", None, "Trained model, a .keras file (serving contract: input 'image', dict output).")
+    flags.DEFINE_string("model", None, "Trained model: a .keras file or a shipped model's name "
+                        "(serving contract: input 'image', dict output).")
     flags.DEFINE_string("export_base", None, "Directory of exported models; versions go to <export_base>/<model_name>/<N>.")
     flags.DEFINE_string("model_name", None, "Name the model is served under (TF Serving's --model_name).")
     flags.DEFINE_integer("version", None, "Version number; default: one more than the highest existing version.")
@@ -230,6 +232,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
+    console.setup()
     path = export_saved_model(
         FLAGS.model,
         FLAGS.export_base,

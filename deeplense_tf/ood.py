@@ -21,6 +21,9 @@ import os
 import numpy as np
 from absl import app, flags
 
+from deeplense_tf import console
+
+
 POOL_LAYER = "head_pool"
 # A recipe of the same physics seen by the other instrument (same image size).
 OTHER_INSTRUMENT = {"model_ii_axion": "model_iii_axion", "model_iii_axion": "model_ii_axion",
@@ -171,6 +174,7 @@ def main(argv):
     from deeplense_tf.calibrate import load_model
     from deeplense_tf.reference.runner import recipe_of_config
 
+    console.setup()
     if not FLAGS.output.endswith(".keras"):
         raise app.UsageError(f"--output={FLAGS.output}: expected a .keras file name")
     model = load_model(FLAGS.model)

@@ -19,6 +19,9 @@ import numpy as np
 
 from absl import app, flags
 
+from deeplense_tf import console
+
+
 MAX_BYTES = 20 * 1024 * 1024
 PLATEAU_NOTE = {
     "log10_m_axion": (
@@ -330,6 +333,7 @@ def define_flags():
 
 def main(argv):
     del argv
+    console.setup()
     if FLAGS.update_shipped:
         if not FLAGS.model:
             raise app.UsageError("--update_shipped needs --model")

@@ -33,6 +33,9 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
+from deeplense_tf import console
+
+
 _Z16 = 0.994458  # the central 68% interval of a Gaussian: mean +- 0.9945 sigma
 
 
@@ -44,24 +47,22 @@ class Predictor:
 
         self.instrument = instrument
         self.name = model
-        if model in pretrained.list() and not os.path.exists(model):
-            meta = pretrained.info(model)
-            if instrument is not None and instrument != meta["instrument"]:
-                raise ValueError(f"--instrument={instrument}: {model} was trained on "
-                                 f"{meta['instrument']!r} images")
-            self.instrument = meta["instrument"]
-            self._keras(pretrained.load(model))
-        elif os.path.isdir(model) and os.path.exists(os.path.join(model, "saved_model.pb")):
+        if os.path.isdir(model) and os.path.exists(os.path.join(model, "saved_model.pb")):
             self._saved_model(model)
-        elif os.path.isfile(model) and model.endswith(".keras"):
-            import keras
-
-            import deeplense_tf.models  # noqa: F401
-
-            self._keras(keras.saving.load_model(model, compile=False))
         else:
-            raise FileNotFoundError(f"--model={model}: not a shipped model ({pretrained.list()}), "
-                                    "a .keras file or a SavedModel directory")
+            path = pretrained.resolve(model)  # a shipped name, pretrained:NAME, or a path
+            name = pretrained.shipped_name(model)
+            if name is not None:
+                meta = pretrained.info(name)
+                if instrument is not None and instrument != meta["instrument"]:
+                    raise ValueError(f"--instrument={instrument}: {name} was trained on "
+                                     f"{meta['instrument']!r} images")
+                self.instrument = meta["instrument"]
+            elif not (os.path.isfile(path) and path.endswith(".keras")):
+                raise FileNotFoundError(f"--model={model}: not a shipped model "
+                                        f"({pretrained.list()}), a .keras file or a SavedModel "
+                                        "directory")
+            self._keras(pretrained.load_model(model))
         stds = [k[:-len("_std")] for k in self.output_names if k.endswith("_std")]
         self.targets = stds or [k for k in self.output_names
                                 if not k.startswith("ood_") and "_q" not in k]
@@ -304,6 +305,7 @@ def define_flags():
 
 def main(argv):
     del argv
+    console.setup()
     source = FLAGS.input
     if source.startswith("tfds:"):
         images, names = _tfds_images(source, FLAGS.data_dir)

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 
 from absl import app, flags
 
-from deeplense_tf import build_dataset, evaluate, export, train, training
+from deeplense_tf import build_dataset, console, evaluate, export, train, training
 
 FLAGS = flags.FLAGS
 
@@ -100,15 +100,15 @@ def serve_one_request(model_base_path: str, builder) -> dict:
     """Starts the REST endpoint on a free loopback port, predicts one test image, stops."""
     import numpy as np
 
-    from deeplense_tf import serving_client
-    from deeplense_tf.serve import ModelServer
-    from deeplense_tf.serving_repository import ModelRepository
+    from deeplense_tf.serving import client
+    from deeplense_tf.serving.repository import ModelRepository
+    from deeplense_tf.serving.server import ModelServer
 
     example = next(iter(builder.as_dataset(split="test").take(1)))
     image = example["image"].numpy()[None]
     truth = float(example["log10_m_axion"])
     with ModelServer([ModelRepository(MODEL_NAME, model_base_path)], port=0) as server:
-        answer = serving_client.predict(server.url, MODEL_NAME, image)
+        answer = client.predict(server.url, MODEL_NAME, image)
         print(f"[5/5] POST {server.url}/v1/models/{MODEL_NAME}:predict (one test image):\n"
               f"      log10_m_axion = {float(answer['log10_m_axion'][0]):.3f} "
               f"± {float(answer['log10_m_axion_std'][0]):.3f} (true {truth:.3f})\n"
@@ -133,6 +133,7 @@ def define_flags(flag_values=flags.FLAGS):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    console.setup(log_file=os.path.join(FLAGS.workdir, "quickstart.log"))
     run(FLAGS.workdir, FLAGS.train_size, FLAGS.epochs, FLAGS.test_size)
 
 

@@ -38,9 +38,9 @@ def child_main(spec_path: str, out_path: str) -> None:
     def emit(record):
         out.write(json.dumps(record, default=float) + "\n")
 
-    from deeplense_tf.benchmarks import training as bench
+    from deeplense_tf.benchmarks import train_step
 
-    bench.configure_logical_cpus(spec["replicas"])  # Before TensorFlow's runtime starts.
+    train_step.configure_logical_cpus(spec["replicas"])  # Before TensorFlow's runtime starts.
     import gc
 
     import keras
@@ -51,7 +51,7 @@ def child_main(spec_path: str, out_path: str) -> None:
 
     precision = training.resolve_precision(spec.get("mixed_precision", "auto"),
                                            tf.distribute.get_strategy())
-    gpus = bench.accelerators(spec["replicas"])
+    gpus = train_step.accelerators(spec["replicas"])
     imported = time.perf_counter()
     if spec.get("warmup") and spec["points"]:
         _warm_up(spec["points"][0], precision)
@@ -63,10 +63,10 @@ def child_main(spec_path: str, out_path: str) -> None:
         keras.mixed_precision.set_global_policy(precision)
         point_start = time.perf_counter()
         try:
-            strategy = bench.make_strategy(spec["replicas"])
+            strategy = train_step.make_strategy(spec["replicas"])
             with strategy.scope():
-                model = bench.build_model(point["model"], point.get("variant"),
-                                          point["image_size"], point.get("overrides"))
+                model = train_step.build_model(point["model"], point.get("variant"),
+                                               point["image_size"], point.get("overrides"))
             cost = models.count_params_and_flops(model)
             emit({"key": key, "measurement": "cost", "status": "ok", "params": cost.params,
                   "flops_per_image": cost.flops_per_image,
@@ -77,7 +77,7 @@ def child_main(spec_path: str, out_path: str) -> None:
         train = None
         if point.get("train_batch_size"):
             try:
-                train = bench.train_benchmark(
+                train = train_step.train_benchmark(
                     model, point["image_size"], strategy=strategy,
                     batch_size=point["train_batch_size"], jit=point["xla"],
                     precision=precision, timing=spec["timing"],
@@ -112,14 +112,13 @@ def _warm_up(point: dict, precision: str) -> None:
     import keras
     import tensorflow as tf
 
-    from deeplense_tf.benchmarks import inference
-    from deeplense_tf.benchmarks import training as bench
+    from deeplense_tf.benchmarks import inference, train_step
 
     keras.mixed_precision.set_global_policy(precision)
-    model = bench.build_model(point["model"], "test", point["image_size"])
+    model = train_step.build_model(point["model"], "test", point["image_size"])
     once = {"warmup": 0, "steps": 1, "repeats": 1, "max_seconds": 0.0}
-    bench.train_benchmark(model, point["image_size"], strategy=tf.distribute.get_strategy(),
-                          batch_size=1, jit=point["xla"], precision=precision, timing=once)
+    train_step.train_benchmark(model, point["image_size"], strategy=tf.distribute.get_strategy(),
+                               batch_size=1, jit=point["xla"], precision=precision, timing=once)
     inference.inference_benchmark(model, point["image_size"], 1, jit=point["xla"], timing=once)
     del model
     keras.backend.clear_session()

@@ -60,11 +60,11 @@ def input_pipeline_benchmark(data_dir: str, dataset: str, batch_size: int, *,
     cost per epoch, reported as `epoch_setup_s`: on a 30,000-image epoch it is noise, on
     these small sets it would dominate."""
     from deeplense_tf import input_pipeline
-    from deeplense_tf.benchmarks import measure, training
+    from deeplense_tf.benchmarks import measure, train_step
 
     out = {"dataset": dataset, "status": "ok"}
     for mode, cache in (("cached", True), ("from_records", False)):
-        pipeline = input_pipeline.Pipeline(data_dir, dataset, [training.TARGET], cache=cache)
+        pipeline = input_pipeline.Pipeline(data_dir, dataset, [train_step.TARGET], cache=cache)
         n = pipeline.num_examples("train")
         batch = min(batch_size, n)
         start = time.perf_counter()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplense_tf.benchmarks import measure, training
+from deeplense_tf.benchmarks import measure, train_step
 
 
 def inference_benchmark(model, image_size: int, batch_size: int, *, jit: bool,
@@ -26,9 +26,9 @@ def inference_benchmark(model, image_size: int, batch_size: int, *, jit: bool,
     import tensorflow as tf
 
     predict = predict or tf.function(lambda x: model(x, training=False), jit_compile=jit)
-    images, _ = training.synthetic_batch(batch_size, image_size, seed=1)
+    images, _ = train_step.synthetic_batch(batch_size, image_size, seed=1)
     with measure.PeakMemory(gpus) as memory:
-        timed = measure.timed_calls(lambda: predict(images), training.sync, **(timing or {}))
+        timed = measure.timed_calls(lambda: predict(images), train_step.sync, **(timing or {}))
     seconds = timed["seconds_per_call"]
     result = {"status": "ok", "batch_size": batch_size, "xla": jit, **timed,
               "latency_ms": 1e3 * seconds, "images_per_s": batch_size / seconds,

@@ -8,7 +8,7 @@ Measures latency (p50, p99 per request) and throughput (images/s) at batch 1 and
 with 1 and 16 concurrent clients, for two paths over the same SavedModel:
 
 - ``in_process``: ``serving_default`` called from Python threads;
-- ``rest``: ``deeplense_tf.serving_client.predict`` (HTTP/1.1 keep-alive, one
+- ``rest``: ``deeplense_tf.serving.client.predict`` (HTTP/1.1 keep-alive, one
   connection per client thread) against ``python -m deeplense_tf.serve`` running in
   its own process, so client and server do not share a GIL.
 
@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import app, flags
 
-from deeplense_tf import serving_client
+from deeplense_tf.serving import client
 
 
 def _percentile_ms(latencies: list[float], q: float) -> float:
@@ -49,7 +49,7 @@ def _run_cell(call: Callable[[np.ndarray], object], images: np.ndarray, clients:
     for _ in range(2):
         call(images)  # warm (connections, kernels for this batch size)
 
-    def client(_):
+    def one_client(_):
         latencies = []
         for _ in range(per_client):
             start = time.perf_counter()
@@ -59,7 +59,7 @@ def _run_cell(call: Callable[[np.ndarray], object], images: np.ndarray, clients:
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        latencies = [t for part in pool.map(client, range(clients)) for t in part]
+        latencies = [t for part in pool.map(one_client, range(clients)) for t in part]
     wall = time.perf_counter() - start
     return {
         "p50_ms": _percentile_ms(latencies, 50),
@@ -95,7 +95,7 @@ def _breakdown(url: str, model_name: str, signature, image: np.ndarray, large: n
     client's encoding and the server's parsing of the ``large`` batch)."""
     import tensorflow as tf
 
-    from deeplense_tf import serving_protocol
+    from deeplense_tf.serving import protocol
 
     def median_ms(function, repeats: int = repeats) -> float:
         function()
@@ -106,29 +106,29 @@ def _breakdown(url: str, model_name: str, signature, image: np.ndarray, large: n
             times.append(time.perf_counter() - start)
         return float(np.median(times) * 1e3)
 
-    body = b'{"inputs": {"image": ' + serving_client.encode_images(image) + b"}}"
+    body = b'{"inputs": {"image": ' + client.encode_images(image) + b"}}"
     other_body = json.dumps({"inputs": {"image": image.tolist()}}).encode()
-    spec = {"image": serving_protocol.InputSpec(np.dtype("float32"), (None, *image.shape[1:]))}
+    spec = {"image": protocol.InputSpec(np.dtype("float32"), (None, *image.shape[1:]))}
     tensor = tf.constant(image)
     outputs = {key: value.numpy() for key, value in signature(image=tensor).items()}
-    response = serving_protocol.format_predict_response(outputs, row_format=False)
+    response = protocol.format_predict_response(outputs, row_format=False)
     parts = {}
     if large is not None:
-        large_body = b'{"inputs": {"image": ' + serving_client.encode_images(large) + b"}}"
-        parts[f"client_encode_batch{len(large)}_ms"] = median_ms(lambda: serving_client.encode_images(large), 10)
+        large_body = b'{"inputs": {"image": ' + client.encode_images(large) + b"}}"
+        parts[f"client_encode_batch{len(large)}_ms"] = median_ms(lambda: client.encode_images(large), 10)
         parts[f"server_parse_batch{len(large)}_ms"] = median_ms(
-            lambda: serving_protocol.parse_predict_request(large_body, lambda _: spec), 10
+            lambda: protocol.parse_predict_request(large_body, lambda _: spec), 10
         )
     return {
-        "client_encode_ms": median_ms(lambda: serving_client.encode_images(image)),
+        "client_encode_ms": median_ms(lambda: client.encode_images(image)),
         "client_encode_json_dumps_ms": median_ms(lambda: json.dumps({"inputs": {"image": image.tolist()}})),
-        "server_parse_ms": median_ms(lambda: serving_protocol.parse_predict_request(body, lambda _: spec)),
+        "server_parse_ms": median_ms(lambda: protocol.parse_predict_request(body, lambda _: spec)),
         # What a client that writes its JSON with json.dumps sends (17 digits, blanks).
-        "server_parse_json_dumps_ms": median_ms(lambda: serving_protocol.parse_predict_request(other_body, lambda _: spec)),
+        "server_parse_json_dumps_ms": median_ms(lambda: protocol.parse_predict_request(other_body, lambda _: spec)),
         "model_call_ms": median_ms(lambda: {k: v.numpy() for k, v in signature(image=tf.constant(image)).items()}),
-        "server_format_ms": median_ms(lambda: serving_protocol.format_predict_response(outputs, row_format=False)),
+        "server_format_ms": median_ms(lambda: protocol.format_predict_response(outputs, row_format=False)),
         "client_decode_ms": median_ms(lambda: json.loads(response)),
-        "http_round_trip_ms": median_ms(lambda: serving_client.model_status(url, model_name)),
+        "http_round_trip_ms": median_ms(lambda: client.model_status(url, model_name)),
         **parts,
     }
 
@@ -146,7 +146,7 @@ def run_benchmark(
     """Runs every (path, clients, batch) cell; returns the results as a dict."""
     import tensorflow as tf
 
-    from deeplense_tf.serving_repository import ModelRepository
+    from deeplense_tf.serving.repository import ModelRepository
 
     load_before = os.getloadavg()[0]
     repository = ModelRepository(model_name, model_base_path, warm_up=False)
@@ -163,7 +163,7 @@ def run_benchmark(
     try:
         def rest(images):
             # 16 clients of 64 images queue for minutes on a busy 2-core machine.
-            return serving_client.predict(url, model_name, images, max_batch_size=max(batch_sizes), timeout=900)
+            return client.predict(url, model_name, images, max_batch_size=max(batch_sizes), timeout=900)
 
         paths = (("in_process", in_process), ("rest", rest))
         cells = []

@@ -7,6 +7,10 @@
     out = pretrained.predict("resnet18_model_ii_axion", images)
     out["log10_m_axion"], out["log10_m_axion_std"]       # physical units, 1-sigma
 
+A model is named the same way everywhere (`evaluate`, `export`, `predict`, `calibrate`,
+`ood`, `train --init_from`): a shipped name (optionally written `pretrained:NAME`) or a
+path to a `.keras` file; `resolve()` is that one rule and `load_model()` loads by it.
+
 Each model has a model card (`<name>.md` beside it, also `card(name)`): the data set
 config and version, the exact training command, time and machine, test metrics beside
 the constant baseline, and known limits. Models take raw images in the units of their
@@ -48,6 +52,53 @@ def card(name: str) -> str:
     _check(name)
     with open(os.path.join(_DIR, f"{name}.md")) as f:
         return f.read()
+
+
+PREFIX = "pretrained:"
+
+
+def resolve(model: str, flag: str = "--model") -> str:
+    """The `.keras` file a model reference names: a shipped name, `pretrained:NAME`, or a path.
+
+    An existing path wins over a shipped name of the same spelling; `pretrained:NAME`
+    always means the shipped model. Anything else is refused naming both kinds expected.
+    """
+    model = os.fspath(model)
+    if model.startswith(PREFIX):
+        name = model[len(PREFIX):]
+        if name not in list():
+            raise ValueError(f"{flag}={model}: {name!r} is not a shipped model; available: {list()}")
+        return os.path.join(_DIR, f"{name}.keras")
+    if os.path.exists(model):
+        return model
+    if model in list():
+        return os.path.join(_DIR, f"{model}.keras")
+    raise FileNotFoundError(f"{flag}={model}: neither an existing .keras file or SavedModel "
+                            f"directory nor a shipped model (pretrained:NAME, one of {list()})")
+
+
+def shipped_name(model: str) -> str | None:
+    """The shipped name a model reference resolves to, or None for a user's own file."""
+    path = os.path.abspath(resolve(model))
+    name = os.path.basename(path)[:-len(".keras")] if path.endswith(".keras") else ""
+    return name if os.path.dirname(path) == _DIR and name in list() else None
+
+
+def load_model(model: str, compile: bool = False):  # noqa: A002 - keras' own argument name
+    """A Keras model from a shipped name, `pretrained:NAME` or a `.keras` path.
+
+    The documented way to load a run's `model.keras` in one's own code; plain
+    `keras.saving.load_model(path)` also works once `deeplense_tf` is imported.
+    """
+    path = resolve(model)
+    name = shipped_name(model)
+    if name is not None and not compile:
+        return load(name)
+    import keras
+
+    import deeplense_tf.models  # noqa: F401  (registers the custom layers)
+
+    return keras.saving.load_model(path, compile=compile)
 
 
 @functools.lru_cache(maxsize=8)

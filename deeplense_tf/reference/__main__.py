@@ -22,6 +22,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from deeplense_tf import console
 from deeplense_tf.reference import runner
 from deeplense_tf.reference.vortex import Settings
 
@@ -84,6 +85,8 @@ def convergence(base: dict, fine: dict) -> dict:
 def main(argv):
     del argv
     from deeplense_tf.simulation import parallel, recipes
+
+    console.setup(log_file=os.path.join(FLAGS.output_dir, "reference.log"))
 
     num_workers = FLAGS.num_workers or parallel.default_num_workers()
     images, truths, recipe_name = read_split(FLAGS.data_dir, FLAGS.dataset, FLAGS.split,

@@ -71,7 +71,7 @@ def test_report_on_the_whole_split(tiny_data, tmp_path):
 
 
 def test_missing_model_and_wrong_image_size_are_named(tiny_data, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.keras is neither a file nor a shipped model"):
+    with pytest.raises(FileNotFoundError, match="nowhere.keras: neither an existing .keras file or SavedModel directory nor a shipped model"):
         evaluate.run(str(tmp_path / "nowhere.keras"), tiny_data, DATASET, str(tmp_path / "o"))
     from deeplense_tf import models
 

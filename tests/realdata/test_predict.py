@@ -111,7 +111,7 @@ def test_tfds_split_input(tiny_data, model_path):
 
 
 def test_model_and_instrument_mistakes_are_named(euclid_cutouts, model_path):
-    with pytest.raises(FileNotFoundError, match="not a shipped model"):
+    with pytest.raises(FileNotFoundError, match="nowhere.keras: neither an existing .* nor a shipped model"):
         predict.Predictor("nowhere.keras")
     with pytest.raises(ValueError, match="--instrument: .* does not say which instrument"):
         predict.predict_files(str(euclid_cutouts), model_path)

@@ -10,7 +10,8 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from deeplense_tf import export, serving_protos
+from deeplense_tf import export
+from deeplense_tf.serving import protos
 
 
 def _saved_model_proto(path):
@@ -41,7 +42,7 @@ def test_layout_is_tf_serving_versioned(exported, contract):
     export_base, path = exported
     assert path == os.path.join(export_base, contract.MODEL_NAME, "1")
     assert _entries(os.path.join(export_base, contract.MODEL_NAME)) == ["1"]  # no temp dir left
-    for name in ("saved_model.pb", "variables/variables.index", serving_protos.WARMUP_RELATIVE_PATH):
+    for name in ("saved_model.pb", "variables/variables.index", protos.WARMUP_RELATIVE_PATH):
         assert os.path.isfile(os.path.join(path, name)), name
 
 
@@ -112,7 +113,7 @@ def _decode_fields(data):
 
 
 def test_warmup_records_are_prediction_logs_with_tf_serving_field_numbers(exported, contract):
-    path = os.path.join(exported[1], serving_protos.WARMUP_RELATIVE_PATH)
+    path = os.path.join(exported[1], protos.WARMUP_RELATIVE_PATH)
     records = [record.numpy() for record in tf.data.TFRecordDataset(path)]
     assert len(records) == 2  # warmup_batch_sizes=(1, 4)
     for record, batch in zip(records, (1, 4)):
@@ -137,9 +138,9 @@ def test_warmup_records_are_prediction_logs_with_tf_serving_field_numbers(export
         tensor = tf.make_ndarray(tensor_pb2.TensorProto.FromString(entry[2]))
         assert tensor.dtype == np.float32 and tensor.shape == (batch, contract.IMAGE_SIZE, contract.IMAGE_SIZE, 1)
         # And our own message classes read them back.
-        log = serving_protos.PredictionLog.FromString(record)
+        log = protos.PredictionLog.FromString(record)
         assert log.predict_log.request.model_spec.name == contract.MODEL_NAME
-        assert serving_protos.request_inputs(log.predict_log.request)["image"].shape == tensor.shape
+        assert protos.request_inputs(log.predict_log.request)["image"].shape == tensor.shape
 
 
 def test_versions_count_up_and_explicit_versions_are_kept(tmp_path, keras_model):

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from deeplense_tf import serving_protocol as protocol
-from deeplense_tf.serving_protocol import InputSpec, InvalidArgument, NotFound, Route
+from deeplense_tf.serving import protocol
+from deeplense_tf.serving.protocol import InputSpec, InvalidArgument, NotFound, Route
 
 SPECS = {"image": InputSpec(np.dtype("float32"), (None, 2, 2, 1))}
 
@@ -211,7 +211,7 @@ def _json_array(data: bytes):
 
 
 def test_fixed_width_reader_takes_the_clients_layout_exactly():
-    from deeplense_tf import serving_client
+    from deeplense_tf.serving import client
 
     rng = np.random.default_rng(3)
     for trial in range(300):
@@ -220,7 +220,7 @@ def test_fixed_width_reader_takes_the_clients_layout_exactly():
         values = values.astype(np.float32)
         if trial % 2:
             values.flat[0], values.flat[-1] = 0.0, -0.0
-        text = serving_client.encode_images(values)
+        text = client.encode_images(values)
         if trial % 3 == 0:
             text = text.rstrip()  # how the request parser cuts the array out of the body
         array = protocol._fixed_width_array(text, inner)
@@ -231,7 +231,7 @@ def test_fixed_width_reader_takes_the_clients_layout_exactly():
 
 
 def test_fixed_width_reader_accepts_no_text_that_json_reads_differently():
-    from deeplense_tf import serving_client
+    from deeplense_tf.serving import client
 
     rng = np.random.default_rng(4)
     accepted = refused = 0
@@ -239,7 +239,7 @@ def test_fixed_width_reader_accepts_no_text_that_json_reads_differently():
         inner = (2, int(rng.integers(1, 3)), 1)
         values = (rng.standard_normal((int(rng.integers(1, 3)), *inner)) * 10.0 ** rng.uniform(-30, 30)).astype(np.float32)
         values.flat[int(rng.integers(values.size))] = 0.0
-        data = bytearray(serving_client.encode_images(values))
+        data = bytearray(client.encode_images(values))
         for _ in range(int(rng.integers(1, 3))):
             data[int(rng.integers(len(data)))] = int(rng.choice(list(b"0123456789.eE+-,[] ")))
         data = bytes(data)

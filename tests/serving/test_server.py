@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from deeplense_tf.export import export_saved_model
-from deeplense_tf.serve import ModelServer
-from deeplense_tf.serving_repository import ModelRepository, VersionPolicy, repositories_from_config
+from deeplense_tf.serving.repository import ModelRepository, VersionPolicy, repositories_from_config
+from deeplense_tf.serving.server import ModelServer
 
 
 def call(server, method, path, body=None, headers=None, connection=None):

@@ -17,8 +17,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from deeplense_tf import serving_protocol as protocol
-from deeplense_tf import serving_protos
+from deeplense_tf.serving import protocol, protos
 
 SERVICE = "tensorflow.serving.PredictionService"
 
@@ -31,7 +30,7 @@ def _predict(get_repository: Callable, request, context):
         servable = get_repository(spec.name).get(version, label)
         signature = spec.signature_name or "serving_default"
         specs = servable.inputs_of(signature)
-        inputs = serving_protos.request_inputs(request)
+        inputs = protos.request_inputs(request)
         unknown, missing = sorted(set(inputs) - set(specs)), sorted(set(specs) - set(inputs))
         if unknown or missing:
             raise protocol.InvalidArgument(
@@ -50,7 +49,7 @@ def _predict(get_repository: Callable, request, context):
             raise protocol.InvalidArgument(f"output_filter names unknown outputs {missing_outputs}")
     except protocol.ServingError as error:
         context.abort(getattr(grpc.StatusCode, error.code), str(error))
-    response = serving_protos.PredictResponse()
+    response = protos.PredictResponse()
     response.model_spec.name = spec.name
     response.model_spec.version.value = servable.version
     response.model_spec.signature_name = signature
@@ -71,8 +70,8 @@ def start_grpc_server(get_repository: Callable, host: str, port: int, max_messag
     )
     handler = grpc.unary_unary_rpc_method_handler(
         lambda request, context: _predict(get_repository, request, context),
-        request_deserializer=serving_protos.PredictRequest.FromString,
-        response_serializer=serving_protos.PredictResponse.SerializeToString,
+        request_deserializer=protos.PredictRequest.FromString,
+        response_serializer=protos.PredictResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Predict": handler}),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -26,8 +26,8 @@ from absl import logging
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from deeplense_tf import serving_protos
-from deeplense_tf.serving_protocol import InputSpec, Internal, InvalidArgument, NotFound
+from deeplense_tf.serving import protos
+from deeplense_tf.serving.protocol import InputSpec, Internal, InvalidArgument, NotFound
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -103,12 +103,12 @@ class LoadedVersion:
 
     def warm_up(self) -> int:
         """Replays ``assets.extra/tf_serving_warmup_requests``; returns the record count."""
-        logs = serving_protos.read_warmup_file(os.path.join(self.path, serving_protos.WARMUP_RELATIVE_PATH))
+        logs = protos.read_warmup_file(os.path.join(self.path, protos.WARMUP_RELATIVE_PATH))
         for log in logs:
             if not log.HasField("predict_log"):
                 raise ValueError("only predict_log warm-up records are supported")
             request = log.predict_log.request
-            self.predict(request.model_spec.signature_name, serving_protos.request_inputs(request))
+            self.predict(request.model_spec.signature_name, protos.request_inputs(request))
         return len(logs)
 
 
@@ -282,7 +282,7 @@ def repositories_from_config(text: str, config_dir: str = ".", warm_up: bool = T
 
     A relative ``base_path`` is taken relative to ``config_dir``.
     """
-    config = serving_protos.parse_text_config("ModelServerConfig", text)
+    config = protos.parse_text_config("ModelServerConfig", text)
     repositories = []
     for model in config.model_config_list.config:
         if model.model_platform not in ("", "tensorflow"):

@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from deeplense_tf import serving_client
+from deeplense_tf.serving import client
 
 _ECHO_LIMIT = 200  # characters of a request echoed back in an error message
 _MAX_RANK = 32
@@ -259,7 +259,7 @@ def check_input(name: str, array: np.ndarray, spec: InputSpec, signature: str) -
 # json.loads builds a Python list per innermost pixel ([v] for one channel) and the
 # cyclic garbage collector then scans them again and again: a batch of 64 images of
 # 64x64 took 0.4-0.7 s to parse. The fast path cuts the request's one numeric array
-# out of the text and parses the small rest with json. Text in serving_client's
+# out of the text and parses the small rest with json. Text in the client's
 # fixed-width layout is checked and read column by column with numpy. Any other text
 # has its brackets and commas checked against those of an array of the signature's
 # shape with byte-level operations, then json reads the numbers alone as one flat
@@ -323,11 +323,11 @@ def _numeric_array(span: bytes, inner: tuple[int, ...]) -> np.ndarray | None:
     return values.reshape((batch, *inner))
 
 
-# serving_client's layout (``serving_client.item_frame``): every element in a row of
+# The client's layout (``client.item_frame``): every element in a row of
 # 2 * rank + 15 bytes, its number in the 14 after its opening brackets: a sign or a
 # blank, nine digits (the first not 0) and an exponent, " 850624204e-09", or zero as
 # "0e+00" ("-0e+00") after blanks.
-_FIXED_WIDTH = serving_client.NUMBER_WIDTH
+_FIXED_WIDTH = client.NUMBER_WIDTH
 # Per column of a number: the lowest byte allowed and how far above it the others lie.
 _FIXED_LOW = np.frombuffer(b" " + b"1" + b"0" * 8 + b"e+00", np.uint8)
 _FIXED_EXTENT = np.array([ord("-") - ord(" ")] + [8] + [9] * 8 + [0, ord("-") - ord("+"), 9, 9], np.uint8)
@@ -343,7 +343,7 @@ _EXACT_POW10 = 10.0 ** np.arange(100)  # exact in float64 up to 10**22
 
 
 def _fixed_width_array(span: bytes, inner: tuple[int, ...]) -> np.ndarray | None:
-    """A (batch, *inner) float64 array if ``span`` is in serving_client's layout, else None.
+    """A (batch, *inner) float64 array if ``span`` is in the client's layout, else None.
 
     Brackets, commas and blanks must be exactly the layout's and every number one of
     its form; then the text is exactly a JSON array of this shape. Exact: a
@@ -351,7 +351,7 @@ def _fixed_width_array(span: bytes, inner: tuple[int, ...]) -> np.ndarray | None
     correctly rounded float64 operation, the value strtod gives; the few numbers with
     larger exponents are read by float().
     """
-    item = serving_client.item_frame(inner)
+    item = client.item_frame(inner)
     rank, width = len(inner) + 1, item.shape[1] + 2
     if len(span) % width == width - 1:
         span += b" "  # the blank after the last element lies outside the cut-out array
