@@ -8,6 +8,11 @@ Build with `python -m deeplense_tf.build_dataset --config=NAME --data_dir=DIR`, 
 `tfds.builder('deeplense_lensing/NAME', data_dir=DIR).download_and_prepare()` after
 `import deeplense_tf`. TFDS writes into a temporary directory and renames it when the
 build completes, so an interrupted build never looks like a prepared data set.
+
+Simulation configs generate in local worker processes by default, or through an
+Apache Beam pipeline (Dataflow, Flink, Spark, ...) when the download config carries
+Beam options or a runner (`--beam_pipeline_options` of `build_dataset` and of `tfds
+build`); both paths write the same examples under the same keys (beam_generation.py).
 """
 
 from __future__ import annotations
@@ -98,6 +103,31 @@ def _fits_configs():
     return configs
 
 
+def simulated_example(recipe, split: str, index: int, count: int, lens) -> tuple[str, dict]:
+    """The (key, example) pair of simulated example `index` of `count` in `split`, for both
+    generation paths. Keys are zero-padded so that they sort in index order."""
+    example = {
+        "image": lens.image[..., None],
+        "substructure": lens.substructure,
+        "params": {k: np.float32(v) for k, v in lens.params.items()},
+    }
+    for target in recipe.targets:
+        example[target] = np.float32(lens.params[target])
+    return f"{split}_{index:0{len(str(max(count - 1, 0)))}d}", example
+
+
+def beam_generation():
+    """The Beam side of the builder (beam_generation.py), imported only when used."""
+    try:
+        from deeplense_tf.datasets.deeplense_lensing import beam_generation as module
+    except ImportError as err:
+        if err.name is None or err.name.split(".")[0] != "apache_beam":
+            raise
+        raise ImportError("Generating through Apache Beam needs apache-beam: install the beam "
+                          "extra: pip install 'deeplense_tf[beam]'") from err
+    return module
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for deeplense_lensing."""
 
@@ -121,14 +151,51 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """
 
     def __init__(self, *, num_workers: int | None = None, allow_pickle: bool = False,
-                 catalogue: str | None = None, **kwargs):
+                 catalogue: str | None = None, progress: bool = False, **kwargs):
         """`num_workers`: simulation (or FITS reading) processes (default: all cores);
         `allow_pickle`: whether pickled `.npy` files may be loaded (npy configs only);
-        `catalogue`: table of the cut-outs (fits configs only)."""
+        `catalogue`: table of the cut-outs (fits configs only); `progress`: show a bar
+        per split over the examples generated locally (`console.Progress`), for a
+        command that has turned TFDS's own bars off."""
         self._num_workers = num_workers
         self._allow_pickle = allow_pickle
         self._catalogue = catalogue
+        self._progress = progress
+        self._beam = False
         super().__init__(**kwargs)
+
+    def download_and_prepare(self, *, download_config=None, **kwargs):
+        """Generates through Beam when `download_config` carries Beam options or a runner,
+        locally otherwise. TFDS picks the path per split by what `_generate_examples`
+        returns (a generator is written by this process, a `beam.PTransform` joins a Beam
+        pipeline), so the builder decides here, and the local default needs no
+        apache-beam. Beam options are checked here, before anything is simulated."""
+        self._beam = download_config is not None and (
+            download_config.beam_options is not None or download_config.beam_runner is not None)
+        if self._beam:
+            config = self.builder_config
+            if config.npy_model or config.fits_instrument:
+                raise ValueError(
+                    f"deeplense_lensing/{config.name}: Beam generation is for simulation "
+                    "configs; the npy and fits imports read a manual directory on this "
+                    "machine: build them without Beam options")
+            if download_config.beam_options is not None:
+                self._check_beam_options(download_config.beam_options)
+        return super().download_and_prepare(download_config=download_config, **kwargs)
+
+    def _check_beam_options(self, options):
+        """Refuses bad options (beam_generation.check_options); a local data_dir with a
+        remote runner is an error for Dataflow (its workers cannot reach it) and a warning
+        for the others (a cluster may mount one folder everywhere)."""
+        values = beam_generation().check_options(options)
+        if "://" in str(self.data_dir) or beam_generation().is_local_runner(values):
+            return
+        where = (f"data_dir={self.data_dir}: the workers of runner={values['runner']} write the "
+                 "shards themselves and this process reads their shard lengths back")
+        if values["runner"].split(".")[-1].lower().startswith("dataflow"):
+            raise ValueError(f"{where}; give a gs:// data_dir")
+        logging.warning("%s; unless every worker mounts this folder, use gs://, s3:// or hdfs://",
+                        where)
 
     def _create_builder_config(self, builder_config, version=None, **kwargs):
         """Also accepts `sized_config_name(...)` names: a registered simulation config
@@ -188,20 +255,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 if config.split_size(split) > 0}
 
     def _generate_examples(self, split):
-        """Simulated examples of `split` (npy configs use `_generate_npy`)."""
+        """Simulated examples of `split`: a `beam.PTransform` when generating through Beam,
+        else a generator over local worker processes (npy configs use `_generate_npy`)."""
         config, recipe = self.builder_config, self._recipe
-        count = config.split_size(split)
-        width = len(str(max(count - 1, 0)))
-        for index, lens in parallel.simulate_split(recipe, config.seed, SPLITS.index(split), count,
-                                                   num_workers=self._num_workers):
-            example = {
-                "image": lens.image[..., None],
-                "substructure": lens.substructure,
-                "params": {k: np.float32(v) for k, v in lens.params.items()},
-            }
-            for target in recipe.targets:
-                example[target] = np.float32(lens.params[target])
-            yield f"{split}_{index:0{width}d}", example
+        count, split_index = config.split_size(split), SPLITS.index(split)
+        if self._beam:
+            return beam_generation().SimulateSplit(config.recipe, config.seed, split, split_index,
+                                                   count)
+        lenses = parallel.simulate_split(recipe, config.seed, split_index, count,
+                                         num_workers=self._num_workers)
+        return self._with_progress(
+            (simulated_example(recipe, split, index, count, lens) for index, lens in lenses),
+            count, f"simulate {split}", "image")
+
+    def _with_progress(self, examples, total, desc, unit):
+        if not self._progress:
+            yield from examples
+            return
+        from deeplense_tf import console
+
+        with console.Progress(total=total, desc=desc, unit=unit) as bar:
+            for example in examples:
+                yield example
+                bar.update()
 
     def _npy_split_generators(self, manual_dir):
         model = self.builder_config.npy_model
@@ -216,11 +292,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         # that does not depend on file names sorting by class or index.
         by_hash = sorted(train_files, key=lambda f: (zlib.crc32(f[0].encode()), f[0]))
         validation = {f[0] for f in by_hash[::10]}
-        return {
-            "train": self._generate_npy([f for f in train_files if f[0] not in validation]),
-            "validation": self._generate_npy([f for f in train_files if f[0] in validation]),
-            "test": self._generate_npy(self._npy_files(test_dir, manual_dir)),
-        }
+        files = {"train": [f for f in train_files if f[0] not in validation],
+                 "validation": [f for f in train_files if f[0] in validation],
+                 "test": self._npy_files(test_dir, manual_dir)}
+        return {split: self._with_progress(self._generate_npy(split_files), len(split_files),
+                                           f"import {split}", "file")
+                for split, split_files in files.items()}
 
     @staticmethod
     def _npy_files(folder, manual_dir):
@@ -313,7 +390,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if not any(by_split.values()):
             raise ValueError(f"manual_dir={manual_dir}: none of the {len(paths)} FITS files "
                              f"could be used; first reasons: {[s['reason'] for s in skipped[:3]]}")
-        return {split: self._generate_fits(items, manual_dir)
+        return {split: self._with_progress(self._generate_fits(items, manual_dir), len(items),
+                                           f"write {split}", "cut-out")
                 for split, items in by_split.items() if items}
 
     def _generate_fits(self, items, manual_dir):
