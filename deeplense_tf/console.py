@@ -46,6 +46,8 @@ _NOISE_LOG_FRAGMENTS = (
     "Reusing dataset",
     "Constructing tf.data.Dataset",
     "Fields info.[",
+    "Using custom data configuration",
+    "has no dataset_info.json",
 )
 
 
@@ -96,6 +98,9 @@ _IMPORT_NOISE = (
 )
 
 
+_QUIET_ENV = "DEEPLENSE_TF_QUIET_TENSORFLOW"
+
+
 def quiet_tensorflow_for_command_line() -> None:
     """Keeps TensorFlow's start-up noise off our commands' terminals (not a library's).
 
@@ -104,10 +109,15 @@ def quiet_tensorflow_for_command_line() -> None:
     stderr file descriptor while `tensorflow` is imported and passes on every line that
     is not a known banner.
     """
-    if running_command() is None or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
         return
-    if _command_line_verbosity(sys.argv[1:]) >= 1:
-        return
+    # Worker processes a command starts (spawned simulation pools, Beam workers) are not
+    # `python -m deeplense_tf...` themselves: they inherit the decision through the
+    # environment.
+    if os.environ.get(_QUIET_ENV) != "1":
+        if running_command() is None or _command_line_verbosity(sys.argv[1:]) >= 1:
+            return
+        os.environ[_QUIET_ENV] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ errors only
     import_hooks.on_import("tensorflow", around=_quiet_tensorflow_import)
 
@@ -185,14 +195,9 @@ def setup(verbosity: int | None = None, log_file: str | None = None) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         for pattern in _NOISE_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
-        if _NOISE_FILTER not in handler.filters:
-            handler.addFilter(_NOISE_FILTER)
-        for name in ("tensorflow", "tensorflow_datasets", "absl"):
-            with contextlib.suppress(Exception):
-                logging.getLogger(name).addFilter(_NOISE_FILTER)
-        if "tensorflow" in sys.modules:
-            with contextlib.suppress(Exception):
-                sys.modules["tensorflow"].get_logger().setLevel(logging.ERROR)
+        # On the terminal's handlers only (absl's, and the one TensorFlow adds to its own
+        # logger, which prints `INFO:tensorflow:...`): a log file still receives every line.
+        _filter_terminal_handlers(handler)
         # absl prefixes every line with a timestamp and source position; on a terminal a
         # short form reads better (the log file keeps the full one).
         handler.setFormatter(logging.Formatter("%(message)s") if sys.stderr.isatty() else
@@ -201,6 +206,16 @@ def setup(verbosity: int | None = None, log_file: str | None = None) -> None:
         handler.removeFilter(_NOISE_FILTER)
     if log_file:
         add_log_file(log_file)
+
+
+def _filter_terminal_handlers(absl_handler) -> None:
+    handlers = [absl_handler]
+    if "tensorflow" in sys.modules:
+        handlers += [h for h in logging.getLogger("tensorflow").handlers
+                     if not isinstance(h, logging.FileHandler)]
+    for handler in handlers:
+        if _NOISE_FILTER not in handler.filters:
+            handler.addFilter(_NOISE_FILTER)
 
 
 _FILE_HANDLERS: dict[str, logging.Handler] = {}

@@ -249,13 +249,17 @@ def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool 
 
     means, _ = models.target_scaling(model)
     tables = calibration.interval_calibration(model) or {}
-    labels, outputs = training.predict_split(model, pipeline, split, batch_size)
+    batches = -(-pipeline.num_examples(split) // batch_size)
+    with console.Progress(total=batches, desc=f"evaluate {split}", unit="batch") as bar:
+        labels, outputs = training.predict_split(model, pipeline, split, batch_size, progress=bar)
     results = {"dataset": dataset, "split": split, "num_examples": int(len(labels[targets[0]])),
                "targets": {}}
     tta_outputs = None
     if tta:
-        _, tta_outputs = training.predict_split(model, pipeline, split, batch_size,
-                                                _tta_predict(model))
+        with console.Progress(total=batches, desc=f"evaluate {split}, 8-fold TTA",
+                              unit="batch") as bar:
+            _, tta_outputs = training.predict_split(model, pipeline, split, batch_size,
+                                                    _tta_predict(model), progress=bar)
     for name, constant in zip(targets, means.tolist()):
         table = tables.get(name)
         results["targets"][name] = target_report(name, labels[name], outputs, constant, table)

@@ -29,7 +29,6 @@ path never sees a half-written version, and a failed export leaves none.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -111,14 +110,6 @@ def _warmup_requests(model_name: str, height: int, width: int, batch_sizes: Sequ
         yield protos.predict_request(model_name, {_INPUT_NAME: image}, _SIGNATURE_KEY)
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_saved_model(
     model,
     export_base: str,
@@ -153,7 +144,7 @@ def export_saved_model(
         from deeplense_tf import pretrained
 
         path = pretrained.resolve(os.fspath(model))
-        source_info = {"source_model": os.path.basename(path), "source_model_sha256": _file_sha256(path)}
+        source_info = {"source_model": os.path.basename(path), "source_model_sha256": pretrained.file_sha256(path)}
         model = pretrained.load_model(path)
     height, width = _check_contract(model)
     bar.update(1, stage="loaded")

@@ -6,6 +6,10 @@ Flags given after --flagfile override it. The resolved flags are written to
 DIR/flags.cfg, so `python -m deeplense_tf.train --flagfile=DIR/flags.cfg --workdir=NEW`
 replays the run. Running the same command again resumes an interrupted run. A misspelled flag,
 in a flagfile or on the command line, stops at once.
+
+Each epoch shows a progress bar on a terminal; every log line also goes to DIR/train.log
+(under --strategy=multi_worker the chief's; the other workers' to DIR/train.TYPE-INDEX.log).
+`-v 1` shows TensorFlow's own messages too, `-v -1` only warnings and errors.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from deeplense_tf import training
+from deeplense_tf import console, training, transfer
 
 FLAGS = flags.FLAGS
 _DEFAULTS = training.TrainConfig(data_dir="", dataset="", targets=[])
@@ -64,6 +68,12 @@ def define_flags(flag_values=flags.FLAGS):
                          "If > 0, also checkpoint within epochs.", **fv)
     flags.DEFINE_integer("train_examples", _DEFAULTS.train_examples,
                          "If > 0, train on the first N training examples only (learning curves).", **fv)
+    flags.DEFINE_string("init_from", _DEFAULTS.init_from,
+                        "Fine-tune: start from a trained model, a shipped name, pretrained:NAME or "
+                        "a .keras path (same network: train with its flagfile). Its normalization "
+                        "and target scaling are kept; its calibration and OOD score are not.", **fv)
+    flags.DEFINE_enum("freeze", _DEFAULTS.freeze, list(transfer.FREEZE),
+                      "With --init_from: 'backbone' trains only the head.", **fv)
     flags.DEFINE_enum("cache", _DEFAULTS.cache, list(training.CACHE),
                       "Cache decoded data in memory (auto: if it fits in 40% of free memory).", **fv)
 
@@ -99,10 +109,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = config_from_flags()
+    console.setup(log_file=os.path.join(FLAGS.workdir, training.log_file_name(config.strategy)))
     summary = training.train_and_evaluate(config, FLAGS.workdir)
+    # TensorBoard on the workdir, not on its tensorboard/ folder: the HParams dashboard looks
+    # a run's metrics up in SESSION/validation, which fails when the session is the root ".".
     print(f"Best validation loss {summary['best_validation_loss']:.4f} at epoch "
-          f"{summary['best_epoch']}; model: {os.path.join(FLAGS.workdir, 'model.keras')}; "
-          f"TensorBoard: tensorboard --logdir {os.path.join(FLAGS.workdir, 'tensorboard')}")
+          f"{summary['best_epoch'] + 1}/{summary['epochs']}; "
+          f"model: {os.path.join(FLAGS.workdir, 'model.keras')}; "
+          f"TensorBoard: tensorboard --logdir {FLAGS.workdir}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,17 @@ a `strategy.run` loop trains everywhere. Per epoch:
      any moment and restarted with the same command resumes from the last checkpoint.
 
 The workdir receives `config.json` (the resolved configuration), `statistics.json` (the
-training-split statistics built into the model), TensorBoard logs (`tensorboard/`),
-checkpoints, `best.keras` while training, and `model.keras` + `summary.json` when done.
-A non-finite loss stops the run before anything is saved, keeping the last good
-checkpoint.
+training-split statistics built into the model), TensorBoard logs (`tensorboard/`: train
+and validation scalars, and the flags with the metrics to compare runs by for the HParams
+dashboard), checkpoints, `best.keras` while training, and `model.keras` + `summary.json`
+when done. A non-finite loss stops the run before anything is saved, keeping the last good
+checkpoint. Each epoch shows a progress bar (loss, images/s) on a terminal and logs one
+line: its training loss and speed, and the validation metrics.
+
+Under multi-worker training only the chief (TensorFlow's rule: the `chief` task, else
+worker 0) writes the workdir; the other workers save their share of each checkpoint to
+scratch directories they delete. Every worker restores from the chief's checkpoints, so
+all must see one shared workdir; workers that find different positions stop together.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ import time
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorboard.plugins.hparams import api as hp
 
-from deeplense_tf import input_pipeline, models, plots
+from deeplense_tf import console, input_pipeline, models, plots, transfer
 
 LOSSES = ("gaussian_nll", "mse", "huber")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -77,6 +85,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # > 0: also checkpoint inside epochs
     cache: str = "auto"
     train_examples: int = 0  # > 0: train on the first N training examples (learning curves)
+    # Fine-tuning: start from a trained model (a shipped name, pretrained:NAME or a .keras
+    # path) instead of random weights; optionally with its backbone frozen.
+    init_from: str = ""
+    freeze: str = "none"
 
     def validate(self):
         def choice(field, accepted):
@@ -102,6 +114,9 @@ class TrainConfig:
             raise ValueError("--targets: name at least one target")
         if self.train_examples < 0:
             raise ValueError(f"--train_examples: must be >= 0, got {self.train_examples}")
+        choice("freeze", transfer.FREEZE)
+        if self.freeze != "none" and not self.init_from:
+            raise ValueError(f"--freeze={self.freeze} needs --init_from (a trained model to keep)")
         return self
 
     @property
@@ -125,11 +140,16 @@ def _flag_items(config: TrainConfig):
         yield name, value
 
 
-def write_flagfile(config: TrainConfig, workdir: str) -> None:
-    """`workdir/flags.cfg`: every flag of the run, replayable with --flagfile."""
+def write_flagfile(config: TrainConfig, workdir: str, parent=None) -> None:
+    """`workdir/flags.cfg`: every flag of the run, replayable with --flagfile. A fine-tuned
+    run also names its parent's file and checksum (and writes them to parent.json)."""
     lines = ["# Resolved flags of this run; replay with:",
              "#   python -m deeplense_tf.train --flagfile=flags.cfg --workdir=DIR",
              *[f"--{k}={v}" for k, v in _flag_items(config)]]
+    if parent is not None:
+        lines.insert(2, f"# Parent model (--init_from): {os.path.basename(parent.path)}, sha256 "
+                        f"{parent.sha256}, trained on {parent.dataset or 'an unrecorded data set'}")
+        _write_json(os.path.join(workdir, "parent.json"), parent.record())
     path = os.path.join(workdir, "flags.cfg")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -185,11 +205,34 @@ def resolve_precision(setting: str, strategy) -> str:
     return {"tpu": "mixed_bfloat16", "gpu": "mixed_float16", "cpu": "float32"}[_accelerator(strategy)]
 
 
-def _is_chief(strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
+def _is_chief_task(task_type, task_id, cluster_spec) -> bool:
+    """TensorFlow's rule: the `chief` task if the cluster has one, else worker 0; a process
+    outside any cluster is its own chief."""
+    if not task_type:
         return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+    if "chief" in cluster_spec.jobs:
+        return task_type == "chief"
+    return task_type == "worker" and task_id == 0
+
+
+def _is_chief(strategy) -> bool:
+    """Whether this process writes the workdir (the others write to scratch directories)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return True
+    return _is_chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec())
+
+
+def log_file_name(strategy: str) -> str:
+    """This process's log file in the workdir: `train.log`, but under multi-worker only the
+    chief's; every other task writes `train.TYPE-INDEX.log` beside it, since the workdir is
+    shared and two processes appending to one file would interleave their lines."""
+    if strategy != "multi_worker" or "TF_CONFIG" not in os.environ:
+        return "train.log"
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if _is_chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec()):
+        return "train.log"
+    return f"train.{resolver.task_type}-{resolver.task_id}.log"
 
 
 def loss_per_example(loss: str, model, labels, outputs, huber_delta: float = 1.0):
@@ -246,8 +289,12 @@ def _write_json(path, data):
 # ------------------------------------------------------------------------- evaluation
 
 
-def predict_split(model, pipeline, split: str, batch_size: int, predict_fn=None):
-    """(labels, outputs): dicts of numpy arrays over the whole split, in file order."""
+def predict_split(model, pipeline, split: str, batch_size: int, predict_fn=None,
+                  progress: console.Progress | None = None):
+    """(labels, outputs): dicts of numpy arrays over the whole split, in file order.
+
+    progress: advanced by one per batch.
+    """
     predict_fn = predict_fn or tf.function(lambda x: model(x, training=False))
     labels, outputs = {}, {}
     for images, batch_labels in pipeline.eval_dataset(split, batch_size):
@@ -256,6 +303,8 @@ def predict_split(model, pipeline, split: str, batch_size: int, predict_fn=None)
             labels.setdefault(k, []).append(v.numpy())
         for k, v in out.items():
             outputs.setdefault(k, []).append(v.numpy())
+        if progress is not None:
+            progress.update()
     return ({k: np.concatenate(v) for k, v in labels.items()},
             {k: np.concatenate(v) for k, v in outputs.items()})
 
@@ -280,14 +329,20 @@ def validation_metrics(config, model, labels, outputs) -> dict:
 # -------------------------------------------------------------------------- training
 
 
-def _statistics(pipeline, split, workdir, is_chief):
-    """Training-split statistics, computed once and kept in the workdir for restarts."""
+def _statistics(pipeline, split, workdir, is_chief, parent=None):
+    """Training-split statistics, computed once and kept in the workdir for restarts.
+
+    A fine-tuned model keeps its parent's normalization and target scaling: built with the
+    new data's own statistics it would no longer compute the parent's function."""
     path = os.path.join(workdir, "statistics.json")
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
         return input_pipeline.Statistics(**stored)
-    stats = pipeline.statistics(split)
+    if parent is not None:
+        stats = transfer.parent_statistics(parent, pipeline.num_examples(split))
+    else:
+        stats = pipeline.statistics(split)
     if is_chief:
         _write_json(path, dataclasses.asdict(stats))
     return stats
@@ -324,6 +379,81 @@ def build_model(config: TrainConfig, stats: input_pipeline.Statistics, image_sha
 
 def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
     """Trains (or resumes) a regressor; returns the summary written to `summary.json`."""
+    run = _set_up(config, workdir)
+    try:
+        step = int(run.optimizer.iterations.numpy())
+        skip = int(run.step_in_epoch.numpy())
+        for epoch in range(int(run.epoch.numpy()), run.epochs):
+            step, trained = _train_epoch(run, epoch, step, skip)
+            skip = 0
+            _validate_and_checkpoint(run, epoch, step, trained)
+            if step >= run.total_steps:
+                break
+        return _finish(run, step)
+    finally:
+        for scratch in run.scratch_dirs:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What `_set_up` builds for one call of `train_and_evaluate` and the loop advances.
+
+    `epoch`, `step_in_epoch`, `best_loss`, `best_epoch` and `train_seconds` are variables
+    saved in every checkpoint with the model and optimizer: where a restart resumes.
+    """
+
+    config: TrainConfig
+    workdir: str
+    strategy: tf.distribute.Strategy
+    is_chief: bool
+    jit: bool
+    precision: str
+    pipeline: input_pipeline.Pipeline
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    model: object
+    optimizer: object
+    schedule: object
+    epoch: tf.Variable
+    step_in_epoch: tf.Variable
+    best_loss: tf.Variable
+    best_epoch: tf.Variable
+    train_seconds: tf.Variable
+    checkpoint_dir: str  # the chief's, which every worker restores from
+    manager: tf.train.CheckpointManager
+    resumed: bool
+    train_writer: object
+    val_writer: object
+    train_step: object  # tf.function (global images, labels) -> summed loss
+    predict_fn: object
+    scratch_dirs: list  # a non-chief worker's throw-away checkpoints and logs
+    # The time up to which `train_seconds` has been counted.
+    clock: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def last_good_checkpoint(self):
+        return tf.train.latest_checkpoint(self.checkpoint_dir)
+
+
+@dataclasses.dataclass
+class _EpochTraining:
+    """What one epoch's training steps did, for the epoch's log line."""
+
+    first_step: int  # global step numbers, 1-based as in TensorBoard
+    last_step: int
+    mean_loss: float
+    images_per_second: float
+
+    def describe(self) -> str:
+        if self.last_step < self.first_step:
+            return "no training steps left"
+        return (f"steps {self.first_step}-{self.last_step}: train loss {self.mean_loss:.4f}, "
+                f"{self.images_per_second:.0f} images/s")
+
+
+def _set_up(config: TrainConfig, workdir: str) -> _Run:
+    """Strategy, data, model and optimizer; restores the last checkpoint if there is one."""
     config.validate()
     os.makedirs(workdir, exist_ok=True)
     strategy = make_strategy(config.strategy, config.tpu)
@@ -334,7 +464,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
     jit = resolve_jit(config.jit_compile, strategy)
     precision = resolve_precision(config.mixed_precision, strategy)
     is_chief = _is_chief(strategy)
-    summary_path = os.path.join(workdir, "summary.json")
 
     import keras
 
@@ -344,15 +473,18 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
     pipeline = input_pipeline.Pipeline(config.data_dir, config.dataset, config.targets,
                                        seed=config.seed, cache=cache)
     pipeline.num_examples("validation")
+    parent = None
+    if config.init_from:  # refused before anything is written if it cannot start this run
+        parent = transfer.describe_parent(config.init_from)
+        transfer.check_compatible(parent, pipeline.image_shape, config.dataset, config.targets)
     _check_restart(config, workdir, is_chief)
     if is_chief:
-        write_flagfile(config, workdir)
-    train_split = config.train_split
-    n_train = pipeline.num_examples(train_split)
+        write_flagfile(config, workdir, parent)
+    n_train = pipeline.num_examples(config.train_split)
     if config.train_examples > n_train:
         raise ValueError(f"--train_examples={config.train_examples} exceeds the {n_train} "
                          "training examples")
-    stats = _statistics(pipeline, train_split, workdir, is_chief)
+    stats = _statistics(pipeline, config.train_split, workdir, is_chief, parent)
     steps_per_epoch = n_train // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"--batch_size={config.batch_size} exceeds the {n_train} training "
@@ -363,6 +495,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
 
     with strategy.scope():
         model = build_model(config, stats, pipeline.image_shape)
+        if parent is not None:
+            copied = transfer.transfer_weights(parent, model)
+            trainable = transfer.freeze(model, config.freeze)
+            logging.info("Initialized from %s (%s): %d weights copied; %d trainable weights "
+                         "(--freeze=%s)", config.init_from, parent.sha256[:12], copied,
+                         trainable, config.freeze)
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=config.learning_rate * (0.01 if warmup else 1.0),
             warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
@@ -376,30 +514,71 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        best_loss = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_loss")
-        best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
-        # Wall time spent training, summed over restarts (for model cards).
-        train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var,
-                                     step_in_epoch=step_in_epoch, best_loss=best_loss,
-                                     best_epoch=best_epoch, train_seconds=train_seconds)
+        position = dict(
+            epoch=tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
+            step_in_epoch=tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch"),
+            best_loss=tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_loss"),
+            best_epoch=tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch"),
+            # Wall time spent training, summed over restarts (for model cards).
+            train_seconds=tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                      name="train_seconds"))
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **position)
+    # Every worker restores from the chief's checkpoints, so the workdir must be storage
+    # that all of them see.
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s after %d of %d epochs and %d steps of the next", latest,
+                     int(position["epoch"].numpy()), epochs,
+                     int(position["step_in_epoch"].numpy()))
+    elif is_chief and os.path.exists(os.path.join(workdir, "summary.json")):
+        os.remove(os.path.join(workdir, "summary.json"))
+    _check_workers_resume_together(strategy, position["epoch"], position["step_in_epoch"])
     # Only the chief keeps checkpoints; other workers must take part in saving (it is a
     # collective operation) and write to a scratch directory that they delete.
-    ckpt_dir = os.path.join(workdir, "checkpoints") if is_chief else tempfile.mkdtemp()
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s (epoch %d, step %d of it)", manager.latest_checkpoint,
-                     int(epoch_var.numpy()), int(step_in_epoch.numpy()))
-    elif os.path.exists(summary_path):
-        os.remove(summary_path)
+    scratch_dirs = [] if is_chief else [tempfile.mkdtemp(), tempfile.mkdtemp()]
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir if is_chief else scratch_dirs[0], max_to_keep=2)
 
-    tb_dir = os.path.join(workdir, "tensorboard") if is_chief else tempfile.mkdtemp()
-    train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
-    val_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "validation"))
+    tb_dir = os.path.join(workdir, "tensorboard") if is_chief else scratch_dirs[1]
+    train_step, predict_fn = _step_functions(config, strategy, model, optimizer, precision, jit)
+    run = _Run(config=config, workdir=workdir, strategy=strategy, is_chief=is_chief, jit=jit,
+               precision=precision, pipeline=pipeline, steps_per_epoch=steps_per_epoch,
+               total_steps=total_steps, epochs=epochs, model=model, optimizer=optimizer,
+               schedule=schedule, **position, checkpoint_dir=checkpoint_dir, manager=manager,
+               resumed=bool(latest),
+               train_writer=tf.summary.create_file_writer(os.path.join(tb_dir, "train")),
+               val_writer=tf.summary.create_file_writer(os.path.join(tb_dir, "validation")),
+               train_step=train_step, predict_fn=predict_fn, scratch_dirs=scratch_dirs)
+    if is_chief and not run.resumed:
+        _log_sample_inputs(run.train_writer, pipeline, config, config.train_split)
+        _write_hparams(config, tb_dir)
+    return run
 
+
+def _check_workers_resume_together(strategy, epoch, step_in_epoch):
+    """Under multi-worker, every worker must resume from the same position: otherwise their
+    loops differ in length, and the first collective one of them skips fails or blocks the
+    others. They differ when the workdir is not one shared directory."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    position = tf.cast(tf.stack([epoch, step_in_epoch]), tf.float64)
+    sums = tf.function(lambda: strategy.reduce(
+        tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.concat([position, position**2], 0)),
+        axis=None))().numpy()
+    # n * sum(x^2) - sum(x)^2 = n * sum((x - mean)^2): zero iff all equal, else >= 1 for
+    # integers; every worker computes the same all-reduced numbers, so all agree to stop.
+    n = strategy.num_replicas_in_sync
+    if np.any(n * sums[2:] - sums[:2] ** 2 > 0.5):
+        raise TrainingError(
+            "the workers found different checkpoints to resume from: every worker must see "
+            "the chief's --workdir (shared storage) and be started with the same flags")
+
+
+def _step_functions(config, strategy, model, optimizer, precision, jit):
+    """(train_step, predict_fn): one distributed optimizer step on a global batch, returning
+    the loss summed over replicas; and the model's inference on one batch."""
     global_batch = config.batch_size
 
     def replica_step(images, labels):
@@ -417,109 +596,172 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:
         per_replica = strategy.run(replica_step, args=(images, labels))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-    predict_fn = tf.function(lambda x: model(x, training=False), jit_compile=jit)
+    return train_step, tf.function(lambda x: model(x, training=False), jit_compile=jit)
 
-    session_start = [time.perf_counter()]
 
-    def save_checkpoint(epoch, step):
-        now = time.perf_counter()
-        train_seconds.assign_add(now - session_start[0])
-        session_start[0] = now
-        epoch_var.assign(epoch)
-        step_in_epoch.assign(step)
-        manager.save(checkpoint_number=int(optimizer.iterations.numpy()))
+def _save_checkpoint(run: _Run, epoch: int, step_in_epoch: int):
+    """Saves the position as (epoch, steps of it done), adding the wall time since the last
+    save to `train_seconds`."""
+    now = time.perf_counter()
+    run.train_seconds.assign_add(now - run.clock)
+    run.clock = now
+    run.epoch.assign(epoch)
+    run.step_in_epoch.assign(step_in_epoch)
+    run.manager.save(checkpoint_number=int(run.optimizer.iterations.numpy()))
 
-    start_epoch = int(epoch_var.numpy())
-    skip = int(step_in_epoch.numpy())
-    if start_epoch == 0 and skip == 0 and is_chief:
-        _log_sample_inputs(train_writer, pipeline, config, train_split)
-    step = int(optimizer.iterations.numpy())
-    for epoch in range(start_epoch, epochs):
-        dataset = pipeline.train_epoch(config.batch_size, epoch, augment=config.augment,
-                                       skip_batches=skip, split=train_split)
-        dataset = strategy.experimental_distribute_dataset(dataset)
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        pending = []
+
+def _fetch_losses(run: _Run, pending, step: int, epoch: int) -> list:
+    """The losses of the steps dispatched since the last fetch (one host sync for all)."""
+    losses = [float(x) for x in pending]
+    if not all(map(math.isfinite, losses)):
+        raise TrainingError(
+            f"non-finite training loss at step {step} (epoch {epoch}); nothing was saved from "
+            f"it. The last good checkpoint is {run.last_good_checkpoint()}. Lower "
+            "--learning_rate or check the data.")
+    return losses
+
+
+def _train_epoch(run: _Run, epoch: int, step: int, skip: int):
+    """Trains epoch `epoch` from its batch `skip` on, until its end or `total_steps`.
+
+    Losses are fetched from the device every `log_every_steps` (and at the epoch's end),
+    not every step: they go to TensorBoard, to the progress bar and to the epoch's mean.
+    Returns (global step, `_EpochTraining`).
+    """
+    config = run.config
+    dataset = run.pipeline.train_epoch(config.batch_size, epoch, augment=config.augment,
+                                       skip_batches=skip, split=config.train_split)
+    dataset = run.strategy.experimental_distribute_dataset(dataset)
+    first_step, started = step + 1, time.perf_counter()
+    epoch_loss, epoch_steps = 0.0, 0
+    window_loss, window_steps, window_start = 0.0, 0, started
+    pending = []
+    steps = max(0, min(run.steps_per_epoch - skip, run.total_steps - step))
+    with console.Progress(total=steps, desc=f"epoch {epoch + 1}/{run.epochs}", unit="step",
+                          log_summary=False) as bar:
         for images, labels in dataset:
-            if step >= total_steps:
+            if step >= run.total_steps:
                 break
-            pending.append(train_step(images, labels))
+            pending.append(run.train_step(images, labels))
             step += 1
             skip += 1
-            if step % config.log_every_steps == 0 or skip == steps_per_epoch:
-                losses = [float(x) for x in pending]
+            bar.update()
+            if step % config.log_every_steps == 0 or skip == run.steps_per_epoch:
+                losses = _fetch_losses(run, pending, step, epoch)
                 pending = []
-                if not all(map(math.isfinite, losses)):
-                    raise TrainingError(
-                        f"non-finite training loss at step {step} (epoch {epoch}); nothing was "
-                        f"saved from it. The last good checkpoint is {manager.latest_checkpoint}. "
-                        "Lower --learning_rate or check the data.")
+                epoch_loss += sum(losses)
+                epoch_steps += len(losses)
                 window_loss += sum(losses)
                 window_steps += len(losses)
                 elapsed = time.perf_counter() - window_start
-                images_per_s = window_steps * global_batch / elapsed
-                with train_writer.as_default(step=step):
+                images_per_s = window_steps * config.batch_size / elapsed
+                with run.train_writer.as_default(step=step):
                     tf.summary.scalar("loss", window_loss / window_steps)
-                    tf.summary.scalar("learning_rate", float(schedule(step)))
+                    tf.summary.scalar("learning_rate", float(run.schedule(step)))
                     tf.summary.scalar("images_per_second", images_per_s)
-                logging.info("epoch %d step %d loss %.4f (%.0f images/s)", epoch, step,
-                             window_loss / window_steps, images_per_s)
+                bar.set_postfix(loss=window_loss / window_steps, images_per_s=round(images_per_s))
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-                save_checkpoint(epoch, skip)
-        if pending:
-            losses = [float(x) for x in pending]
-            if not all(map(math.isfinite, losses)):
-                raise TrainingError(f"non-finite training loss at step {step} (epoch {epoch}); "
-                                    f"the last good checkpoint is {manager.latest_checkpoint}")
-        skip = 0
-        labels, outputs = predict_split(model, pipeline, "validation", config.eval_batch_size,
-                                        predict_fn)
-        metrics = validation_metrics(config, model, labels, outputs)
-        if not math.isfinite(metrics["loss"]):
-            raise TrainingError(f"non-finite validation loss after epoch {epoch}; the last good "
-                                f"checkpoint is {manager.latest_checkpoint}")
-        improved = metrics["loss"] < float(best_loss.numpy())
-        if improved:
-            best_loss.assign(metrics["loss"])
-            best_epoch.assign(epoch)
-            if is_chief:
-                save_model_atomic(model, os.path.join(workdir, "best.keras"))
-        if is_chief:
-            with val_writer.as_default(step=step):
-                for key, value in metrics.items():
-                    tf.summary.scalar(key, value)
-                tf.summary.scalar("epoch", epoch)
-                for name in config.targets:
-                    fig = plots.predicted_vs_true(labels[name], outputs[name], name,
-                                                  title=f"{name}, validation, epoch {epoch}")
-                    tf.summary.image(f"{name}/predicted_vs_true",
-                                     tf.image.decode_png(plots.to_png(fig))[None])
-            train_writer.flush()
-            val_writer.flush()
-        logging.info("epoch %d validation %s%s", epoch,
-                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
-                     " (best so far)" if improved else "")
-        save_checkpoint(epoch + 1, 0)
-        if step >= total_steps:
-            break
+                _save_checkpoint(run, epoch, skip)
+        if pending:  # stopped at total_steps between two fetches
+            losses = _fetch_losses(run, pending, step, epoch)
+            epoch_loss += sum(losses)
+            epoch_steps += len(losses)
+    elapsed = time.perf_counter() - started
+    return step, _EpochTraining(
+        first_step=first_step, last_step=step, mean_loss=epoch_loss / max(epoch_steps, 1),
+        images_per_second=epoch_steps * config.batch_size / elapsed if epoch_steps else 0.0)
 
-    summary = {"completed": True, "steps": step, "epochs": epochs,
-               "best_epoch": int(best_epoch.numpy()), "best_validation_loss": float(best_loss.numpy()),
-               "strategy": config.strategy, "replicas": replicas, "jit_compile": jit,
-               "precision": precision, "steps_per_epoch": steps_per_epoch,
-               "train_seconds": round(float(train_seconds.numpy()), 1), "machine": machine()}
-    if is_chief:
-        best_path = os.path.join(workdir, "best.keras")
-        final_path = os.path.join(workdir, "model.keras")
+
+def _validate_and_checkpoint(run: _Run, epoch: int, step: int, trained: _EpochTraining):
+    """Evaluates on the validation split, keeps the best model, writes TensorBoard and the
+    epoch's log line, then checkpoints the end of the epoch."""
+    config = run.config
+    n_batches = math.ceil(run.pipeline.num_examples("validation") / config.eval_batch_size)
+    # A bar only where there is something to watch (not for a single batch).
+    with console.Progress(total=n_batches, desc="validation", unit="batch", log_summary=False,
+                          disable=True if n_batches < 2 else None) as bar:
+        labels, outputs = predict_split(run.model, run.pipeline, "validation",
+                                        config.eval_batch_size, run.predict_fn, progress=bar)
+    metrics = validation_metrics(config, run.model, labels, outputs)
+    if not math.isfinite(metrics["loss"]):
+        raise TrainingError(f"non-finite validation loss after epoch {epoch}; the last good "
+                            f"checkpoint is {run.last_good_checkpoint()}")
+    improved = metrics["loss"] < float(run.best_loss.numpy())
+    if improved:
+        run.best_loss.assign(metrics["loss"])
+        run.best_epoch.assign(epoch)
+        if run.is_chief:
+            save_model_atomic(run.model, os.path.join(run.workdir, "best.keras"))
+    if run.is_chief:
+        with run.val_writer.as_default(step=step):
+            for key, value in metrics.items():
+                tf.summary.scalar(key, value)
+            tf.summary.scalar("best_loss", float(run.best_loss.numpy()))
+            tf.summary.scalar("epoch", epoch)
+            for name in config.targets:
+                fig = plots.predicted_vs_true(labels[name], outputs[name], name,
+                                              title=f"{name}, validation, epoch {epoch}")
+                tf.summary.image(f"{name}/predicted_vs_true",
+                                 tf.image.decode_png(plots.to_png(fig))[None])
+        run.train_writer.flush()
+        run.val_writer.flush()
+    logging.info("epoch %d/%d (%s); validation %s%s", epoch + 1, run.epochs, trained.describe(),
+                 ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+                 " (best so far)" if improved else "")
+    _save_checkpoint(run, epoch + 1, 0)
+
+
+def _finish(run: _Run, step: int) -> dict:
+    """The chief publishes the best weights as `model.keras`, then `summary.json`."""
+    summary = {"completed": True, "steps": step, "epochs": run.epochs,
+               "best_epoch": int(run.best_epoch.numpy()),
+               "best_validation_loss": float(run.best_loss.numpy()),
+               "strategy": run.config.strategy, "replicas": run.strategy.num_replicas_in_sync,
+               "jit_compile": run.jit, "precision": run.precision,
+               "steps_per_epoch": run.steps_per_epoch,
+               "train_seconds": round(float(run.train_seconds.numpy()), 1), "machine": machine()}
+    if run.is_chief:
+        best_path = os.path.join(run.workdir, "best.keras")
+        final_path = os.path.join(run.workdir, "model.keras")
         tmp = final_path + ".tmp"
         shutil.copyfile(best_path, tmp)
         os.replace(tmp, final_path)
-        _write_json(summary_path, summary)
-    else:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        shutil.rmtree(tb_dir, ignore_errors=True)
+        _write_json(os.path.join(run.workdir, "summary.json"), summary)
     return summary
+
+
+def _validation_metric_names(config: TrainConfig) -> list:
+    """The keys `validation_metrics` returns for `config`, known before any validation."""
+    names = ["loss"]
+    for name in config.targets:
+        names += [f"{name}/mae", f"{name}/rmse"]
+        if config.head == "gaussian":
+            names += [f"{name}/coverage_68", f"{name}/nll"]
+    return names
+
+
+def _write_hparams(config: TrainConfig, tb_dir: str):
+    """The run's flags and the metrics to compare runs by, for TensorBoard's HParams
+    dashboard: a session in `tb_dir`, whose metrics are the last values of the `train/` and
+    `validation/` scalars below it (so `tensorboard --logdir` on the workdir, or on a folder
+    of workdirs, lists every run side by side).
+
+    Written when a run starts afresh only: a resumed run has the same flags (`_check_restart`),
+    and a second session start would only repeat the first.
+    """
+    values = {name: text if isinstance(getattr(config, name), (list, dict))
+              else getattr(config, name) for name, text in _flag_items(config)}
+    metrics = [hp.Metric(tag, group="validation", display_name=f"validation {tag}",
+                         dataset_type=hp.Metric.VALIDATION)
+               for tag in [*_validation_metric_names(config), "best_loss"]]
+    metrics.append(hp.Metric("loss", group="train", display_name="train loss",
+                             dataset_type=hp.Metric.TRAINING))
+    writer = tf.summary.create_file_writer(tb_dir)
+    with writer.as_default():
+        hp.hparams_config(hparams=[hp.HParam(name) for name in values], metrics=metrics)
+        hp.hparams(values)
+    writer.close()
 
 
 def _log_sample_inputs(writer, pipeline, config, split, count: int = 8):

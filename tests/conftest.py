@@ -15,3 +15,15 @@ def tiny_data(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
     build_dataset.build("euclid_axion_tiny", str(data_dir), num_workers=1)
     return str(data_dir)
+
+
+@pytest.fixture(autouse=True)
+def _absl_verbosity_at_info():
+    """Every test starts at absl's default verbosity (INFO), whatever an earlier test's
+    command set: tests read the log lines our commands write at INFO."""
+    from absl import logging as absl_logging
+
+    saved = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    yield
+    absl_logging.set_verbosity(saved)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import hashlib
 import json
 import os
 
@@ -55,6 +56,15 @@ def card(name: str) -> str:
 
 
 PREFIX = "pretrained:"
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a model file (exports and fine-tuned runs record their source's)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve(model: str, flag: str = "--model") -> str:

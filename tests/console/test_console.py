@@ -52,11 +52,14 @@ def test_log_filter_keeps_our_lines_and_warnings_only():
 def test_progress_off_a_terminal_logs_one_summary_line(tmp_path):
     log = tmp_path / "run.log"
     console.add_log_file(str(log))
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)  # other tests may have lowered it
     try:
         with console.Progress(total=3, desc="simulate", unit="image", disable=True) as bar:
             for _ in range(3):
                 bar.update(1, loss=0.5)
     finally:
+        absl_logging.set_verbosity(verbosity)
         console.remove_log_file(str(log))
     text = log.read_text()
     assert "simulate: 3 images in" in text and "loss 0.5" in text

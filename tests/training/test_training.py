@@ -1,5 +1,8 @@
-"""End-to-end training: one step, resume after SIGKILL, strategies, bad input, NaN."""
+"""End-to-end training: one step, resume after SIGKILL, strategies, bad input, NaN,
+HParams, the chief under multi-worker."""
 
+import dataclasses
+import glob
 import json
 import os
 import signal
@@ -8,10 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from deeplense_tf import training
 
@@ -42,6 +47,69 @@ def test_one_step_produces_a_checkpoint_and_a_model(tiny_data, tmp_path):
     np.testing.assert_allclose(deeplense_tf.models.target_scaling(model)[0], stats["target_mean"],
                                rtol=1e-6)
     assert any((tmp_path / "tensorboard" / "validation").iterdir())
+
+
+def _events(directory):
+    """(tag, summary value) of every summary in the event files directly in `directory`."""
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        for event in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            for value in tf.compat.v1.Event.FromString(event).summary.value:
+                yield value.tag, value
+
+
+def _hparams_data(tensorboard_dir):
+    return [plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+            for _, value in _events(tensorboard_dir)
+            if value.metadata.plugin_data.plugin_name == "hparams"]
+
+
+def test_hparams_hold_the_flags_and_name_metrics_the_run_writes(tiny_data, tmp_path):
+    config = _config(tiny_data, train_steps=1, targets=["log10_m_axion", "theta_e"])
+    training.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))  # resumes a finished run
+    tensorboard = str(tmp_path / "tensorboard")
+    data = _hparams_data(tensorboard)
+    starts = [d.session_start_info for d in data if d.HasField("session_start_info")]
+    assert len(starts) == 1  # the resumed run wrote no second session
+    hparams = starts[0].hparams
+    assert set(hparams) == {field.name for field in dataclasses.fields(training.TrainConfig)}
+    assert hparams["learning_rate"].number_value == config.learning_rate
+    assert hparams["augment"].bool_value is True
+    assert hparams["model"].string_value == "resnet18"
+    assert hparams["targets"].string_value == "log10_m_axion,theta_e"
+    [experiment] = [d.experiment for d in data if d.HasField("experiment")]
+    assert {h.name for h in experiment.hparam_infos} == set(hparams)
+    metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+    assert ("validation", "theta_e/mae") in metrics
+    assert ("validation", "log10_m_axion/nll") in metrics
+    assert ("validation", "best_loss") in metrics
+    written = {(group, tag) for group in ("train", "validation")
+               for tag, value in _events(os.path.join(tensorboard, group))
+               if value.metadata.plugin_data.plugin_name == "scalars"}
+    assert metrics <= written
+    validation_tags = {tag for group, tag in written if group == "validation"} - {"epoch"}
+    assert set(training._validation_metric_names(config)) == validation_tags - {"best_loss"}
+
+
+def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch):
+    def chief(cluster, task_type, task_id):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+        return training._is_chief(types.SimpleNamespace(cluster_resolver=resolver))
+
+    workers = {"worker": ["a:1", "b:1"]}
+    assert chief(workers, "worker", 0) and not chief(workers, "worker", 1)
+    with_chief = {"chief": ["c:1"], **workers}
+    assert chief(with_chief, "chief", 0) and not chief(with_chief, "worker", 0)
+    assert training._is_chief(tf.distribute.get_strategy())
+
+    assert training.log_file_name("default") == "train.log"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief,
+                                                "task": {"type": "worker", "index": 0}}))
+    assert training.log_file_name("multi_worker") == "train.worker-0.log"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": with_chief,
+                                                "task": {"type": "chief", "index": 0}}))
+    assert training.log_file_name("multi_worker") == "train.log"
 
 
 @pytest.mark.parametrize("loss", ["mse", "huber"])
@@ -128,7 +196,9 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes(tiny_data, tmp_path):
     assert "Resumed from" in out, out[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["completed"] and summary["steps"] == 24
-    assert f"step {killed_at + 1} " in out and "step 1 " not in out
+    assert f"(steps {killed_at + 1}-" in out and "(steps 1-" not in out
+    log = (workdir / "train.log").read_text()
+    assert "Resumed from" in log and "(steps 1-" in log  # both attempts, appended
 
 
 _MIRRORED = textwrap.dedent("""
@@ -166,27 +236,54 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
-def test_multi_worker_mirrored_strategy_with_two_local_workers(tiny_data, tmp_path):
+def _two_workers(data_dir, workdirs, timeout=240):
+    """Runs smoke.cfg for 4 steps on a cluster of two local workers (worker 0 is the chief),
+    each with its workdir; returns their outputs once both have succeeded."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    workdir = tmp_path / "run"
     procs = []
-    for index in range(2):
+    for index, workdir in enumerate(workdirs):
         env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster,
                                               "task": {"type": "worker", "index": index}}))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "deeplense_tf.train", "--flagfile=configs/smoke.cfg",
-             f"--data_dir={tiny_data}", f"--dataset={DATASET}", f"--workdir={workdir}",
+             f"--data_dir={data_dir}", f"--dataset={DATASET}", f"--workdir={workdir}",
              "--strategy=multi_worker", "--train_steps=4"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        outs = [p.communicate(timeout=300)[0] for p in procs]
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
     assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+    return outs
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_strategy_with_two_local_workers(tiny_data, tmp_path):
+    workdir = tmp_path / "run"
+    _two_workers(tiny_data, [workdir, workdir])
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["replicas"] == 2 and summary["steps"] == 4
     assert (workdir / "model.keras").exists()
     assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("tmp")) == []
+
+
+@pytest.mark.slow
+def test_only_the_chief_writes_and_every_worker_resumes_from_its_checkpoint(tiny_data, tmp_path):
+    chief, other = tmp_path / "chief", tmp_path / "other"
+    _two_workers(tiny_data, [chief, other])
+    summary = json.loads((chief / "summary.json").read_text())
+    assert summary["replicas"] == 2 and summary["steps"] == 4
+    assert (chief / "model.keras").exists()
+    assert "epoch 1/2 (steps 1-3: train loss" in (chief / "train.log").read_text()
+    # The other worker's workdir holds its log only, nothing that looks like a run or a model.
+    assert [p.name for p in other.iterdir()] == ["train.worker-1.log"]
+
+    # The same command again, with the shared workdir a restart needs: every worker must
+    # resume from the chief's last checkpoint (a worker starting afresh would hang the other).
+    outs = _two_workers(tiny_data, [chief, chief])
+    assert all("Resumed from" in out and "after 2 of 2 epochs" in out for out in outs), outs
+    assert json.loads((chief / "summary.json").read_text())["steps"] == 4
+    assert sorted(p.name for p in chief.iterdir() if p.name.startswith(("train", "tmp"))) == [
+        "train.log", "train.worker-1.log"]

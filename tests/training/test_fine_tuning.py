@@ -1,0 +1,98 @@
+"""`train --init_from`: a fine-tuned run starts as its parent's exact function, records its
+parent, can freeze the backbone, and refuses a parent that does not fit, before any work."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from deeplense_tf import training, transfer
+
+DATASET = "deeplense_lensing/euclid_axion_tiny"
+
+
+def _config(data_dir, **kwargs):
+    base = dict(data_dir=data_dir, dataset=DATASET, targets=["log10_m_axion"], model="resnet18",
+                variant="test", epochs=1, batch_size=4, log_every_steps=1, warmup_epochs=0.0)
+    base.update(kwargs)
+    return training.TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def parent_run(tiny_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("parent")
+    training.train_and_evaluate(_config(tiny_data, train_steps=2, learning_rate=3e-3), str(workdir))
+    return str(workdir / "model.keras")
+
+
+def test_the_child_starts_as_the_parents_exact_function(tiny_data, parent_run):
+    from deeplense_tf import input_pipeline
+
+    parent = transfer.describe_parent(parent_run)
+    assert parent.dataset == DATASET and parent.instrument == "euclid"
+    assert parent.targets == ["log10_m_axion"] and parent.image_shape == (64, 64, 1)
+    pipeline = input_pipeline.Pipeline(tiny_data, DATASET, ["log10_m_axion"])
+    config = _config(tiny_data)
+    child = training.build_model(config, transfer.parent_statistics(parent, 24), pipeline.image_shape)
+    assert transfer.transfer_weights(parent, child) == len(child.weights)
+    images = np.random.default_rng(0).normal(0.1, 0.05, (4, 64, 64, 1)).astype("float32")
+    want, got = parent.model(images), child(images)
+    for key in ("log10_m_axion", "log10_m_axion_std"):
+        np.testing.assert_array_equal(np.asarray(want[key]), np.asarray(got[key]))
+
+
+def test_fine_tuning_records_its_parent_and_freezes_the_backbone(tiny_data, parent_run, tmp_path):
+    summary = training.train_and_evaluate(
+        _config(tiny_data, train_steps=2, init_from=parent_run, freeze="backbone",
+                learning_rate=1e-2), str(tmp_path))
+    assert summary["completed"]
+    record = json.loads((tmp_path / "parent.json").read_text())
+    assert record["file"] == "model.keras" and record["dataset"] == DATASET
+    assert len(record["sha256"]) == 64
+    flagfile = (tmp_path / "flags.cfg").read_text()
+    assert f"--init_from={parent_run}" in flagfile and "--freeze=backbone" in flagfile
+    assert f"# Parent model (--init_from): model.keras, sha256 {record['sha256']}" in flagfile
+    parent = transfer.describe_parent(parent_run).model
+    child = transfer.describe_parent(str(tmp_path / "model.keras")).model
+    before = {w.path: np.asarray(w) for w in parent.weights}
+    after = {w.path: np.asarray(w) for w in child.weights}
+    backbone = [w.path for w in child.get_layer("backbone").weights]
+    assert backbone and all(np.array_equal(before[p], after[p]) for p in backbone)
+    assert not np.array_equal(before["head_dense/kernel"], after["head_dense/kernel"])
+
+
+def test_a_parent_that_does_not_fit_is_refused_before_any_work(tiny_data, parent_run, tmp_path):
+    with pytest.raises(ValueError, match=r"the model predicts \['log10_m_axion'\], this run's "
+                                         r"--targets are \['theta_e'\]"):
+        training.train_and_evaluate(_config(tiny_data, init_from=parent_run, targets=["theta_e"]),
+                                    str(tmp_path))
+    assert not os.path.exists(tmp_path / "flags.cfg")
+    with pytest.raises(ValueError, match=r"is not the parent's: .* weights missing"):
+        training.train_and_evaluate(_config(tiny_data, init_from=parent_run, model="vit"),
+                                    str(tmp_path / "vit"))
+    with pytest.raises(FileNotFoundError, match=r"--init_from=nowhere.keras: neither"):
+        training.train_and_evaluate(_config(tiny_data, init_from="nowhere.keras"), str(tmp_path))
+    with pytest.raises(ValueError, match=r"--freeze=backbone needs --init_from"):
+        training.train_and_evaluate(_config(tiny_data, freeze="backbone"), str(tmp_path))
+
+
+def test_shape_and_instrument_mismatches_are_named(parent_run):
+    parent = transfer.describe_parent(parent_run)
+    with pytest.raises(ValueError, match=r"takes images of shape \(64, 64, 1\), the data set "
+                                         r".* has \(150, 150, 1\)"):
+        transfer.check_compatible(parent, (150, 150, 1), DATASET, ["log10_m_axion"])
+    hst = dataclasses.replace(parent, instrument="hst")
+    with pytest.raises(ValueError, match=r"trained on 'hst' images, the data set "
+                                         r"deeplense_lensing/euclid_axion_tiny holds 'euclid'"):
+        transfer.check_compatible(hst, (64, 64, 1), DATASET, ["log10_m_axion"])
+
+
+def test_a_shipped_model_is_a_parent_by_name():
+    from deeplense_tf import pretrained
+
+    name = next(n for n in pretrained.list() if "euclid" in n)
+    parent = transfer.describe_parent(f"pretrained:{name}")
+    assert parent.shipped_name == name and parent.instrument == "euclid"
+    assert parent.dataset == pretrained.info(name)["dataset"]
