@@ -303,7 +303,8 @@ class Progress:
 
             rate = self.count / self.elapsed if self.elapsed > 0 else float("nan")
             extra = "".join(f" {k} {_fmt(v)}" for k, v in self.postfix.items())
-            absl_logging.info(f"{self.desc}: {self.count} {self.unit}s in {self.elapsed:.1f} s "
+            plural = self.unit + ("es" if self.unit.endswith(("s", "sh", "ch", "x")) else "s")
+            absl_logging.info(f"{self.desc}: {self.count} {plural} in {self.elapsed:.1f} s "
                               f"({rate:.1f}/s){extra}")
             self.log_summary = False
 

@@ -55,8 +55,12 @@ def run(workdir: str, train_size: int = 3000, epochs: int | None = None,
     """The five steps; `epochs` None trains for configs/quickstart.cfg's epochs."""
     data_dir = os.path.join(workdir, "data")
     t0 = time.perf_counter()
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # one bar per split from the builder instead of TFDS's nested ones
     builder = build_dataset.build(CONFIG, data_dir, train_size=train_size,
-                                  validation_size=validation_size, test_size=test_size)
+                                  validation_size=validation_size, test_size=test_size,
+                                  progress=True)
     dataset = f"deeplense_lensing/{builder.builder_config.name}"
     print(f"[1/5] data set: {json.dumps(build_dataset.summary(builder)['splits'])} in "
           f"{builder.data_dir} ({time.perf_counter() - t0:.0f} s)\n"
@@ -72,7 +76,7 @@ def run(workdir: str, train_size: int = 3000, epochs: int | None = None,
           f"({time.perf_counter() - t0:.0f} s): best validation loss "
           f"{summary['best_validation_loss']:.3f} at epoch {summary['best_epoch']}\n"
           f"      model: {os.path.join(run_dir, 'model.keras')}\n"
-          f"      TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}\n"
+          f"      TensorBoard: tensorboard --logdir {run_dir}\n"
           f"      command: python -m deeplense_tf.train --flagfile=configs/quickstart.cfg "
           f"--data_dir={data_dir} --dataset={dataset} --epochs={config.epochs} --workdir={run_dir}")
     t0 = time.perf_counter()
