@@ -5,6 +5,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from deeplense_tf.datasets.deeplense_lensing import deeplense_lensing_dataset_builder as builder
+from deeplense_tf.simulation import real_sources
 
 _DUMMY = epath.Path(builder.__file__).parent / "dummy_data"
 
@@ -16,6 +17,13 @@ class SimulatedConfigsTest(tfds.testing.DatasetBuilderTestCase):
     SPLITS = {"train": 24, "validation": 8, "test": 8}
     EXAMPLE_DIR = _DUMMY
     SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        # The real-source configs cut their galaxies from scikit-image's Hubble Deep Field
+        # file: read it (cached) before each test forbids opening files.
+        real_sources.hdf_catalogue()
 
 
 class NpyImportTest(tfds.testing.DatasetBuilderTestCase):

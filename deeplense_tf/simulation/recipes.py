@@ -9,6 +9,12 @@ e = (-0.1, 0.1), centre U(-0.35, 0.35)") and vortex geometry, and fix their know
 defects: noise is applied once (Model I added it twice, Models II/III not at all),
 rays are supersampled 2x (DeepLense used 1x), subhalo Einstein radii use
 angular-diameter distances, and every image is reproducible from its seed.
+
+Realistic recipes (`*_lens_light`, `*_psf`, `*_correlated_noise`, `*_real_sources`,
+`*_realistic`) are `euclid_axion` (or `hst_axion`) with `simulator.Realism` options: one
+effect each, or all of them. Their macro model, source and substructure draws equal
+those of the plain recipe for the same generator. Recipes with lens light also make the
+source fainter by SOURCE_MAGNITUDE_SHIFT (see there).
 """
 
 from __future__ import annotations
@@ -18,9 +24,25 @@ from typing import Mapping
 
 from deeplense_tf.simulation import components, instruments, substructure
 from deeplense_tf.simulation.components import MainDeflector, SersicSource
+from deeplense_tf.simulation.lens_light import LensLightModel
 from deeplense_tf.simulation.priors import Fixed
+from deeplense_tf.simulation.psf import PSFVariation
 from deeplense_tf.simulation import simulator as simulator_lib
-from deeplense_tf.simulation.simulator import LensSimulator
+from deeplense_tf.simulation.simulator import DrizzleNoise, LensSimulator, Realism
+
+# Magnitudes added to the randomized source (U(20, 22) -> U(24.5, 26.5)) where the lens
+# light is on: with today's sources the lens galaxy holds only ~0.3x the flux of the
+# arcs, while in real galaxy-scale lenses (SLACS, SL2S, Euclid's first lenses) it
+# outshines them 10-100x. With the shift the ratio of total fluxes (noiseless lens light
+# over lensed source, in the 64 px cut-out) has median 17, 16-84 % range 9-32, over 60
+# euclid_axion_lens_light draws (0.27 without it).
+SOURCE_MAGNITUDE_SHIFT = 4.5
+
+# Background noise correlation (our choice): Euclid VIS stacks resampled onto the native
+# 0.1" grid (pixfrac 1, scale 1: lag-1 correlation 0.25); HST WFC3/IR drizzled from
+# 0.13" to 0.08" with pixfrac 0.8 (lag-1 correlation 0.37). See docs/realism.md.
+DRIZZLE = {"euclid": DrizzleNoise(pixfrac=1.0, scale_ratio=1.0),
+           "hst": DrizzleNoise(pixfrac=0.8, scale_ratio=0.08 / 0.13)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +55,12 @@ class Recipe:
     substructures: Mapping[str, substructure.Substructure]
     targets: tuple[str, ...]
     supersampling: int = 2
+    realism: Realism | None = None
 
     @property
     def param_names(self) -> tuple[str, ...]:
-        return simulator_lib.param_names(self.deflector, self.source, self.substructures.values())
+        return simulator_lib.param_names(self.deflector, self.source, self.substructures.values(),
+                                         self.realism)
 
     @property
     def num_pix(self) -> int:
@@ -45,7 +69,7 @@ class Recipe:
     def simulator(self, noise: bool = True, supersampling: int | None = None) -> LensSimulator:
         return LensSimulator(self.instrument, self.deflector, self.source, self.substructures,
                              supersampling=self.supersampling if supersampling is None else supersampling,
-                             noise=noise)
+                             noise=noise, realism=self.realism)
 
 
 def _deeplense(name, instrument, source, description):
@@ -59,6 +83,52 @@ def _randomized(name, instrument, subs, targets, description):
     return Recipe(name=name, description=description, instrument=instrument,
                   deflector=components.randomized_deflector(),
                   source=components.randomized_source(), substructures=subs, targets=targets)
+
+
+def _realistic(base: Recipe, suffix: str, description: str, *, lens_light=False, psf=False,
+               correlated_noise=False, real_sources=False) -> Recipe:
+    """`base` with the realism options named by the flags."""
+    realism = Realism(
+        lens_light=LensLightModel.for_instrument(base.instrument) if lens_light else None,
+        psf_variation=PSFVariation() if psf else None, optics_psf=psf,
+        correlated_noise=DRIZZLE[base.instrument] if correlated_noise else None,
+        real_sources=real_sources,
+        source_magnitude_shift=SOURCE_MAGNITUDE_SHIFT if lens_light else 0.0)
+    return dataclasses.replace(base, name=f"{base.name}_{suffix}", description=description,
+                               realism=realism)
+
+
+def _realistic_recipes(by_name: dict[str, Recipe]) -> list[Recipe]:
+    euclid, hst = by_name["euclid_axion"], by_name["hst_axion"]
+    shift = f"source magnitude U({20 + SOURCE_MAGNITUDE_SHIFT:g}, {22 + SOURCE_MAGNITUDE_SHIFT:g})"
+    return [
+        _realistic(euclid, "lens_light",
+                   "euclid_axion plus the lens galaxy's light (Sersic n 3-5 aligned with the "
+                   f"SIE, magnitude from Faber-Jackson) and a fainter source ({shift}), so the "
+                   "lens outshines the arcs as in real lenses.", lens_light=True),
+        _realistic(euclid, "psf",
+                   "euclid_axion with the Euclid VIS diffraction PSF (1.2 m annular pupil, "
+                   "550-900 nm) broadened to 0.16\" FWHM, jittered per image (FWHM 5%, "
+                   "ellipticity 0.03).", psf=True),
+        _realistic(euclid, "correlated_noise",
+                   "euclid_axion with background noise correlated as in a resampled stack "
+                   "(drizzle pixfrac 1, same scale; lag-1 correlation 0.25).",
+                   correlated_noise=True),
+        _realistic(euclid, "real_sources",
+                   "euclid_axion with Hubble Deep Field galaxies as sources (INTERPOL; "
+                   "disjoint galaxies in train, validation and test) at the Sersic prior's "
+                   "magnitude, size and position, random angle.", real_sources=True),
+        _realistic(euclid, "realistic",
+                   "euclid_axion with every realism effect: lens light and a fainter source "
+                   f"({shift}), diffraction PSF with per-image jitter, correlated noise, Hubble "
+                   "Deep Field sources.",
+                   lens_light=True, psf=True, correlated_noise=True, real_sources=True),
+        _realistic(hst, "realistic",
+                   "hst_axion with every realism effect: lens light and a fainter source "
+                   f"({shift}), WFC3/F160W diffraction PSF with per-image jitter, drizzle-"
+                   "correlated noise (pixfrac 0.8, 0.13\" to 0.08\"), Hubble Deep Field sources.",
+                   lens_light=True, psf=True, correlated_noise=True, real_sources=True),
+    ]
 
 
 def _build() -> dict[str, Recipe]:
@@ -101,7 +171,8 @@ def _build() -> dict[str, Recipe]:
                     "Euclid VIS 64 px, randomized macro model and source, three balanced classes:"
                     " no substructure, DeepLense CDM point masses, axion vortex."),
     ]
-    return {r.name: r for r in recipes}
+    by_name = {r.name: r for r in recipes}
+    return by_name | {r.name: r for r in _realistic_recipes(by_name)}
 
 
 RECIPES: dict[str, Recipe] = _build()
