@@ -192,7 +192,8 @@ def predict_files(inputs, model, *, instrument: str | None = None, catalogue: st
         items = tqdm(items, total=len(paths), unit="cutout", desc="predict")
     rows, batch = _Rows(), []
     for order, item in enumerate(items):
-        meta = {"_order": order, "name": item.name, "file": item.path}
+        meta = {"_order": order, "name": item.name, "file": item.path, "model": predictor.name,
+                "dataset": f"fits:{predictor.instrument}"}
         truth = {f"true_{t}": item.entry.labels.get(t, math.nan) for t in predictor.targets
                  if t in item.entry.labels}
         if item.error:
@@ -210,9 +211,12 @@ def predict_files(inputs, model, *, instrument: str | None = None, catalogue: st
     return rows.table()
 
 
-def predict_images(images, model, *, names=None, batch_size: int = 256, instrument=None):
+def predict_images(images, model, *, names=None, batch_size: int = 256, instrument=None,
+                   truths=None, dataset: str = ""):
     """The table of estimates for images already on the model's grid, (N, H, W[, 1]) in
-    counts/s at its instrument's zero point."""
+    counts/s at its instrument's zero point. `truths` ({name: (N,) values}, optional) adds a
+    `true_<target>` column for each of the model's targets it holds; `dataset` names where
+    the images come from (a `dataset` column, which `population` checks)."""
     predictor = model if isinstance(model, Predictor) else Predictor(model, instrument)
     images = np.asarray(images, np.float32)
     if images.ndim == 2:
@@ -220,6 +224,12 @@ def predict_images(images, model, *, names=None, batch_size: int = 256, instrume
     names = list(names) if names is not None else [f"image_{i}" for i in range(len(images))]
     if len(names) != len(images):
         raise ValueError(f"names: {len(names)} for {len(images)} images")
+    truths = {f"true_{t}": np.asarray(truths[t], np.float64) for t in predictor.targets
+              if truths is not None and t in truths}
+    for key, values in truths.items():
+        if values.shape != (len(images),):
+            raise ValueError(f"truths[{key[5:]!r}]: {values.shape[0] if values.ndim else 0} "
+                             f"values for {len(images)} images")
     rows = _Rows()
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -228,7 +238,9 @@ def predict_images(images, model, *, names=None, batch_size: int = 256, instrume
         columns = estimate_columns(predictor(chunk[good]), predictor.targets) if len(good) else {}
         at = {g: j for j, g in enumerate(good)}
         for i in range(len(chunk)):
-            meta = {"name": names[start + i], "file": "", "ra": math.nan, "dec": math.nan}
+            meta = {"name": names[start + i], "file": "", "ra": math.nan, "dec": math.nan,
+                    "model": predictor.name, "dataset": dataset,
+                    **{k: v[start + i] for k, v in truths.items()}}
             if i in at:
                 rows.add(**meta, status="ok", reason="",
                          **{k: v[at[i]] for k, v in columns.items()})
@@ -239,7 +251,8 @@ def predict_images(images, model, *, names=None, batch_size: int = 256, instrume
 
 
 def _tfds_images(spec: str, data_dir: str):
-    """(images, names, ra, dec) of 'tfds:deeplense_lensing/CONFIG[:VERSION]/SPLIT'."""
+    """(images, names, stored values) of 'tfds:deeplense_lensing/CONFIG[:VERSION]/SPLIT';
+    the stored values are every float parameter and target of the examples, by name."""
     import tensorflow_datasets as tfds
 
     from deeplense_tf import input_pipeline
@@ -253,11 +266,17 @@ def _tfds_images(spec: str, data_dir: str):
     if split not in builder.info.splits:
         raise ValueError(f"--input={spec}: no split {split!r}; available "
                          f"{list(builder.info.splits)}")
-    images, names = [], []
+    images, names, truths = [], [], {}
     for i, ex in enumerate(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))):
         images.append(ex["image"])
         names.append(ex["name"].decode() if "name" in ex else f"{split}[{i}]")
-    return np.stack(images), names
+        stored = dict(ex.get("params", {}))
+        stored.update({k: v for k, v in ex.items() if np.ndim(v) == 0 and k not in ("name",)})
+        for key, value in stored.items():
+            if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.floating):
+                truths.setdefault(key, []).append(float(value))
+    truths = {k: np.asarray(v) for k, v in truths.items() if len(v) == len(images)}
+    return np.stack(images), names, truths
 
 
 def write_table(table, path: str) -> None:
@@ -308,9 +327,10 @@ def main(argv):
     console.setup()
     source = FLAGS.input
     if source.startswith("tfds:"):
-        images, names = _tfds_images(source, FLAGS.data_dir)
+        images, names, truths = _tfds_images(source, FLAGS.data_dir)
         table = predict_images(images, Predictor(FLAGS.model, FLAGS.instrument), names=names,
-                               batch_size=FLAGS.batch_size)
+                               batch_size=FLAGS.batch_size, truths=truths,
+                               dataset=source[len("tfds:"):].rpartition("/")[0])
     elif source.endswith(".npy"):
         if not os.path.isfile(source):
             raise app.UsageError(f"--input={source}: no such file")
@@ -318,7 +338,7 @@ def main(argv):
         stem = os.path.splitext(os.path.basename(source))[0]
         table = predict_images(images, Predictor(FLAGS.model, FLAGS.instrument),
                                names=[f"{stem}[{i}]" for i in range(len(images))],
-                               batch_size=FLAGS.batch_size)
+                               batch_size=FLAGS.batch_size, dataset=os.path.abspath(source))
     else:
         table = predict_files(source, FLAGS.model, instrument=FLAGS.instrument,
                               catalogue=FLAGS.catalogue, method=FLAGS.resample,

@@ -161,6 +161,17 @@ def _build() -> dict[str, Recipe]:
                     ("log10_sigma_sub",),
                     "HST-like 150 px of 0.04\", randomized macro model and source, truncated-NFW "
                     "subhalo population, target log10 Sigma_sub/kpc^-2 ~ U(-2.5, -0.5)."),
+        _randomized("euclid_wdm", "euclid", {"wdm": substructure.WDMSubhalos()},
+                    ("log10_m_hm",),
+                    "Euclid VIS 64 px, randomized macro model and source, warm-dark-matter "
+                    "truncated-NFW subhalos (euclid_cdm's population at Sigma_sub = 0.1 kpc^-2, "
+                    "suppressed below the half-mode mass: Lovell et al. 2020 mass function, Bose "
+                    "et al. 2016 concentrations), target log10 m_hm/Msun ~ U(7, 10.5)."),
+        _randomized("hst_wdm", "hst_150", {"wdm": substructure.WDMSubhalos()},
+                    ("log10_m_hm",),
+                    "HST-like 150 px of 0.04\", randomized macro model and source, warm-dark-"
+                    "matter truncated-NFW subhalos as euclid_wdm, target log10 m_hm/Msun ~ "
+                    "U(7, 10.5)."),
         _randomized("euclid_fdm", "euclid", {"fdm": substructure.FDMGranules()},
                     ("log10_m_axion",),
                     "Euclid VIS 64 px, randomized macro model and source, fuzzy-dark-matter "

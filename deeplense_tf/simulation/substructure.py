@@ -21,7 +21,7 @@ from deeplense_tf.simulation.cosmology import LensingGeometry
 from deeplense_tf.simulation.priors import Uniform
 
 # Names of every substructure class in a fixed order: the ClassLabel of the data sets.
-CLASS_NAMES = ("no_sub", "cdm", "axion", "fdm")
+CLASS_NAMES = ("no_sub", "cdm", "axion", "fdm", "wdm")
 
 _SOFTENING2 = 1e-12  # arcsec^2; keeps a pixel that lands on a point mass finite.
 _NEAR = 4.0  # point spacings: where collinear sums switch to the exact digamma form.
@@ -77,6 +77,55 @@ def tnfw_total_mass(rs, rho0, tau):
     t2 = tau * tau
     return (4 * np.pi * rho0 * rs**3 * t2 / (t2 + 1) ** 2
             * ((t2 - 1) * np.log(tau) + tau * np.pi - (t2 + 1)))
+
+
+_TNFW_MIN_X = 1e-3  # r / rs floor, as lenstronomy's TNFW (its `_s`)
+
+
+def _nfw_f(u):
+    """The NFW function F(u) (u = R / rs > 0, an array): ln((1 + w) / u) / w below 1 (the
+    arccosh form), arctan(w) / w above, with w = sqrt(|1 - u^2|); 1 at u = 1. Each branch
+    is evaluated only where it applies (half the transcendental calls of np.where)."""
+    out = np.empty_like(u)
+    w = np.sqrt(np.abs(1.0 - u * u))
+    below = u < 1
+    out[below] = np.log((1.0 + w[below]) / u[below]) / w[below]
+    above = ~below
+    out[above] = np.arctan(w[above]) / w[above]
+    out[w < 1e-6] = 1.0  # the limit at u = 1, to O(w^2)
+    return out
+
+
+def tnfw_deflection(x, y, xs, ys, rs, alpha_rs, r_trunc):
+    """Summed deflection of truncated NFW halos (Baltz, Marshall & Oguri 2009).
+
+    The same profile and parametrization as lenstronomy's `TNFW` (scale radius `rs`,
+    deflection `alpha_rs` at rs of the untruncated NFW, truncation radius `r_trunc`, all
+    arcsec; halos at (xs, ys)): alpha(R) = 4 rho0 rs g(u, tau) / u^2 along the radius,
+    u = R / rs, with rho0 = alpha_rs / (4 rs^2 (1 + ln 1/2)), tau = r_trunc / rs and g of
+    BMO09 eq. A.5. One halo at a time over the whole grid, as lenstronomy, but 2.5x
+    faster (`tests/simulation/test_dark_matter.py` checks it against lenstronomy to 1e-12).
+    """
+    xs, ys = np.atleast_1d(xs), np.atleast_1d(ys)
+    rs, alpha_rs, r_trunc = np.atleast_1d(rs), np.atleast_1d(alpha_rs), np.atleast_1d(r_trunc)
+    ax = np.zeros(np.shape(x), dtype=np.float64)
+    ay = np.zeros(np.shape(y), dtype=np.float64)
+    rho0 = alpha_rs / (4.0 * rs**2 * (1.0 + np.log(0.5)))
+    tau = r_trunc / rs
+    for i in range(len(xs)):
+        dx, dy = x - xs[i], y - ys[i]
+        s, t = rs[i], tau[i]
+        t2 = t * t
+        u = np.maximum(np.sqrt(dx * dx + dy * dy) / s, _TNFW_MIN_X)
+        u2 = u * u
+        root = np.sqrt(t2 + u2)
+        g = t2 / (t2 + 1) ** 2 * ((t2 + 1 + 2 * (u2 - 1)) * _nfw_f(u) + t * np.pi
+                                  + (t2 - 1) * np.log(t)
+                                  + root * (-np.pi + np.log(u / (t + root)) * (t2 - 1) / t))
+        factor = 4.0 * rho0[i] * s * g / u2
+        ax += factor * dx
+        ay += factor * dy
+    return ax, ay
 
 
 def uniform_disc_deflection(x, y, kappa, radius, cx=0.0, cy=0.0):
@@ -181,35 +230,38 @@ class CDMSubhalos(Substructure):
         return sigma_sub * area_kpc2 * integral
 
     def draw(self, rng, geometry, center=(0.0, 0.0), ray_spacing_arcsec=0.05):
+        return self._realization(*self._draw_population(rng, geometry, center), geometry, center)
+
+    def _draw_population(self, rng, geometry, center):
+        """Draws (params, masses, xs, ys, concentrations); concentrations None for point
+        masses. The order of the draws is fixed: the WDM population thins this one."""
         log10_sigma_sub = self.log10_sigma_sub.sample(rng)
         n = int(rng.poisson(self.mean_count(10**log10_sigma_sub, geometry)))
         masses = _power_law_masses(rng, n, self.slope, self.m_min, self.m_max)
         xs, ys = _uniform_in_disc(rng, n, self.disc_radius_arcsec, center)
         params = {"log10_sigma_sub": log10_sigma_sub, "n_subhalos": float(n),
                   "subhalo_mass_total": float(masses.sum())}
+        concentration = None
+        if self.profile == "tnfw":
+            concentration = self._concentration(masses, geometry.z_lens)
+            concentration *= 10 ** rng.normal(0.0, self.concentration_scatter_dex, size=n)
+        return params, masses, xs, ys, concentration
+
+    def _realization(self, params, masses, xs, ys, concentration, geometry, center):
         if self.profile == "point_mass":
             theta_e2 = geometry.point_mass_theta_e(masses) ** 2
             lens_mass = np.pi * theta_e2  # projected mass in Sigma_crit * arcsec^2
             return Realization(self.name, params, self._with_sheet(
                 lambda x, y: point_mass_deflection(x, y, xs, ys, theta_e2), lens_mass.sum(), center))
 
-        from lenstronomy.LensModel.Profiles.tnfw import TNFW
-
-        concentration = self._concentration(masses, geometry.z_lens)
-        concentration *= 10 ** rng.normal(0.0, self.concentration_scatter_dex, size=n)
         rs, alpha_rs = geometry.nfw_angles(masses, concentration)
         rs, alpha_rs = np.atleast_1d(rs), np.atleast_1d(alpha_rs)
         r_trunc = self.tau * rs
-        profile = TNFW()
-        lens_mass = tnfw_total_mass(rs, profile.alpha2rho0(alpha_rs, rs), self.tau)
+        rho0 = alpha_rs / (4.0 * rs**2 * (1.0 + np.log(0.5)))  # lenstronomy's alpha2rho0
+        lens_mass = tnfw_total_mass(rs, rho0, self.tau)
 
         def deflection(x, y):
-            ax, ay = np.zeros_like(x), np.zeros_like(y)
-            for i in range(n):
-                dax, day = profile.derivatives(x, y, rs[i], alpha_rs[i], r_trunc[i], xs[i], ys[i])
-                ax += dax
-                ay += day
-            return ax, ay
+            return tnfw_deflection(x, y, xs, ys, rs, alpha_rs, r_trunc)
 
         return Realization(self.name, params, self._with_sheet(deflection, lens_mass.sum(), center))
 
@@ -229,6 +281,88 @@ class CDMSubhalos(Substructure):
             return ax + sx, ay + sy
 
         return with_sheet
+
+
+# Warm dark matter (docs/dark_matter.md). Subhalo mass function suppression of Lovell et
+# al. (2020, MNRAS 491, 4511), fitted to subhalos: n_WDM / n_CDM = (1 + (a m_hm / m)^b)^g.
+LOVELL2020_SUBHALOS = (4.2, 2.5, -0.2)
+# Concentration suppression of Bose et al. (2016, MNRAS 455, 318), pyHalo's default:
+# c_WDM / c_CDM = (1 + c1 m_hm / m)^c2.
+BOSE2016_CONCENTRATION = (60.0, -0.17)
+
+
+def wdm_mass_function_suppression(m, m_hm, params=LOVELL2020_SUBHALOS):
+    """n_WDM / n_CDM at subhalo mass m (Msun) for half-mode mass m_hm (Msun)."""
+    a, b, g = params
+    return (1.0 + (a * np.asarray(m_hm, np.float64) / np.asarray(m, np.float64)) ** b) ** g
+
+
+def wdm_concentration_suppression(m, m_hm, params=BOSE2016_CONCENTRATION):
+    """c_WDM / c_CDM at halo mass m (Msun) for half-mode mass m_hm (Msun)."""
+    c1, c2 = params
+    return (1.0 + c1 * np.asarray(m_hm, np.float64) / np.asarray(m, np.float64)) ** c2
+
+
+def thermal_relic_mass_kev(m_hm, omega_m=0.3, h=0.7):
+    """Thermal-relic particle mass (keV) of half-mode mass m_hm (Msun), pyHalo's relation:
+    m_WDM = 2.32 keV (Omega_m / 0.25)^0.4 (h / 0.7)^0.8 (m_hm / 1e9 Msun)^-0.3."""
+    return 2.32 * (omega_m / 0.25) ** 0.4 * (h / 0.7) ** 0.8 * (np.asarray(m_hm) / 1e9) ** -0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class WDMSubhalos(CDMSubhalos):
+    """A warm-dark-matter subhalo population: the CDM population of `CDMSubhalos` (same
+    draws, same generator), thinned by the mass-function suppression of Lovell et al.
+    (2020) below the half-mode mass m_hm, with concentrations suppressed as in Bose et al.
+    (2016). Each CDM subhalo survives with probability n_WDM/n_CDM(m); so the CDM twin
+    of any WDM image (`suppress=False`: every subhalo kept, CDM concentrations) is the
+    same realization before thinning, which is what the information study compares.
+
+    Target log10 m_hm over U(7, 10.5) by default: at 1e7 Msun the suppression at the
+    smallest rendered subhalo (1e8) is 2% (invisible); at 10^10.5 it keeps 27% of the
+    1e10 subhalos and 3% of those at 1e8, i.e. ~5% of the population. Sigma_sub is fixed
+    at 0.1 kpc^-2 by default (a nuisance degenerate with m_hm when free; pass a prior to
+    marginalize it). The thermal-relic mass (`m_wdm_kev`) is stored, derived from m_hm.
+    """
+
+    log10_m_hm: priors.Prior = Uniform(7.0, 10.5)
+    log10_sigma_sub: priors.Prior = priors.Fixed(-1.0)
+    suppress: bool = True
+    mass_function: tuple[float, float, float] = LOVELL2020_SUBHALOS
+    concentration_suppression: tuple[float, float] = BOSE2016_CONCENTRATION
+    name = "wdm"
+    param_names = ("log10_m_hm", "m_wdm_kev", "log10_sigma_sub", "n_subhalos",
+                   "subhalo_mass_total", "n_subhalos_cdm")
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "log10_m_hm",
+                           priors.as_prior(self.log10_m_hm, "WDMSubhalos.log10_m_hm"))
+        a, b, g = self.mass_function
+        if not (a > 0 and b > 0 and g < 0):
+            raise ValueError(f"WDMSubhalos.mass_function: expected (a > 0, b > 0, g < 0), "
+                             f"got {self.mass_function}")
+        if not (self.concentration_suppression[0] >= 0 and self.concentration_suppression[1] <= 0):
+            raise ValueError("WDMSubhalos.concentration_suppression: expected (c1 >= 0, c2 <= 0),"
+                             f" got {self.concentration_suppression}")
+
+    def draw(self, rng, geometry, center=(0.0, 0.0), ray_spacing_arcsec=0.05):
+        log10_m_hm = self.log10_m_hm.sample(rng)
+        params, masses, xs, ys, concentration = self._draw_population(rng, geometry, center)
+        survive = rng.uniform(size=len(masses))  # drawn for the CDM twin too: same stream
+        m_hm = 10.0**log10_m_hm
+        params = dict(params, log10_m_hm=log10_m_hm,
+                      m_wdm_kev=float(thermal_relic_mass_kev(m_hm, geometry.cosmo.Om0,
+                                                             geometry.cosmo.h)),
+                      n_subhalos_cdm=float(len(masses)))
+        if self.suppress:
+            keep = survive < wdm_mass_function_suppression(masses, m_hm, self.mass_function)
+            masses, xs, ys = masses[keep], xs[keep], ys[keep]
+            if concentration is not None:
+                concentration = concentration[keep] * wdm_concentration_suppression(
+                    masses, m_hm, self.concentration_suppression)
+            params.update(n_subhalos=float(keep.sum()), subhalo_mass_total=float(masses.sum()))
+        return self._realization(params, masses, xs, ys, concentration, geometry, center)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,10 +102,19 @@ def test_npy_stacks_and_saved_models_give_the_same_estimates(tmp_path, model_pat
 
 
 def test_tfds_split_input(tiny_data, model_path):
-    images, names = predict._tfds_images("tfds:deeplense_lensing/euclid_axion_tiny/test", tiny_data)
+    images, names, truths = predict._tfds_images("tfds:deeplense_lensing/euclid_axion_tiny/test",
+                                                 tiny_data)
     assert images.shape == (8, 64, 64, 1) and names[0] == "test[0]"
-    table = predict.predict_images(images, model_path, names=names)
+    assert truths["log10_m_axion"].shape == (8,) and "theta_e" in truths
+    table = predict.predict_images(images, model_path, names=names, truths=truths,
+                                   dataset="deeplense_lensing/euclid_axion_tiny")
     assert list(table["status"]) == ["ok"] * 8
+    np.testing.assert_allclose(np.asarray(table["true_log10_m_axion"], float),
+                               truths["log10_m_axion"])
+    assert set(table["dataset"]) == {"deeplense_lensing/euclid_axion_tiny"}
+    assert set(table["model"]) == {model_path}
+    with pytest.raises(ValueError, match=r"truths\['log10_m_axion'\]: 3 values for 8 images"):
+        predict.predict_images(images, model_path, truths={"log10_m_axion": np.zeros(3)})
     with pytest.raises(ValueError, match="no split 'nope'"):
         predict._tfds_images("tfds:deeplense_lensing/euclid_axion_tiny/nope", tiny_data)
 
