@@ -88,7 +88,7 @@ def calibrate(model, data_dir: str, dataset: str, split: str = "validation",
                          "meaningless; fit on the validation split")
     targets = models.target_names(model)
     layer = model.get_layer(OUTPUT_LAYER)
-    if layer.head != "gaussian":
+    if layer.head == "point":
         raise ValueError("calibration: the model has a point head; there are no intervals")
     pipeline = input_pipeline.Pipeline(data_dir, dataset, targets, cache=False)
     if tuple(pipeline.image_shape) != tuple(model.input_shape[1:]):

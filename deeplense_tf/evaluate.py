@@ -196,6 +196,55 @@ def reference_comparison(reference_dir: str, dataset: str, split: str, target: s
     return out
 
 
+def covariance_matrices(outputs: dict, targets) -> np.ndarray | None:
+    """(N, K, K) covariances in physical units from a full-covariance head's outputs
+    (`<target>_std` and `corr__<a>__<b>`), or None for other heads."""
+    from deeplense_tf.models.layers import target_pairs
+
+    pairs = target_pairs(list(targets))
+    if len(targets) < 2 or not all(key in outputs for _, _, key in pairs):
+        return None
+    sigma = np.stack([np.asarray(outputs[t + "_std"], np.float64) for t in targets], axis=-1)
+    corr = np.broadcast_to(np.eye(len(targets)), sigma.shape + (len(targets),)).copy()
+    for i, j, key in pairs:
+        corr[:, i, j] = corr[:, j, i] = np.asarray(outputs[key], np.float64)
+    return corr * sigma[:, :, None] * sigma[:, None, :]
+
+
+def joint_metrics(labels: dict, outputs: dict, targets) -> dict | None:
+    """Joint calibration of a full-covariance head: the share of examples whose truth lies
+    inside the predicted 68% and 95% ellipsoids (squared Mahalanobis distance below the
+    chi^2_K quantile), the mean joint NLL, and the predicted correlations against the
+    correlation of the errors."""
+    from scipy.stats import chi2
+
+    from deeplense_tf.models.layers import target_pairs
+
+    covariance = covariance_matrices(outputs, targets)
+    if covariance is None:
+        return None
+    truth = np.stack([np.asarray(labels[t], np.float64) for t in targets], axis=-1)
+    mean = np.stack([np.asarray(outputs[t], np.float64) for t in targets], axis=-1)
+    known = np.isfinite(truth).all(axis=1)
+    error, covariance = (mean - truth)[known], covariance[known]
+    k = len(targets)
+    chol = np.linalg.cholesky(covariance + 1e-12 * np.eye(k))
+    white = np.linalg.solve(chol, error[..., None])[..., 0]
+    d2 = (white**2).sum(axis=1)
+    nll = (np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) + 0.5 * d2
+           + 0.5 * k * math.log(2 * math.pi))
+    out = {"targets": list(targets), "count": int(known.sum()),
+           "coverage_68": float(np.mean(d2 <= chi2.ppf(0.68, k))),
+           "coverage_95": float(np.mean(d2 <= chi2.ppf(0.95, k))),
+           "nll": float(nll.mean()), "correlations": {}}
+    for i, j, key in target_pairs(list(targets)):
+        predicted = covariance[:, i, j] / np.sqrt(covariance[:, i, i] * covariance[:, j, j])
+        out["correlations"][key[len("corr__"):]] = {
+            "predicted_median": float(np.median(predicted)),
+            "of_the_errors": float(np.corrcoef(error[:, i], error[:, j])[0, 1])}
+    return out
+
+
 # ------------------------------------------------------------------------ predictions
 
 
@@ -270,6 +319,9 @@ def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool 
             results["targets"][name]["reference"] = reference_comparison(
                 reference, dataset, split, name, labels[name], outputs[name],
                 None if tta_outputs is None else tta_outputs[name])
+    joint = joint_metrics(labels, outputs, targets)
+    if joint is not None:
+        results["joint"] = joint
     results["_arrays"] = {"labels": labels, "outputs": outputs, "tta_outputs": tta_outputs}
     return results
 
@@ -427,6 +479,21 @@ def write_report(results: dict, output_dir: str, model_path: str = "") -> dict:
             for key, file in figures.items():
                 png = open(os.path.join(output_dir, file), "rb").read()
                 tf.summary.image(f"{name}/{key}", tf.image.decode_png(png)[None])
+    if "joint" in results:
+        j = results["joint"]
+        lines += ["## Joint (full covariance)", "",
+                  f"Targets {', '.join(j['targets'])}: the truth lies inside the predicted 68% "
+                  f"ellipsoid for {j['coverage_68']:.3f} of the {j['count']} examples and inside "
+                  f"the 95% one for {j['coverage_95']:.3f}; mean joint NLL {j['nll']:.3f}.", "",
+                  "| pair | predicted correlation (median) | correlation of the errors |",
+                  "|---|---|---|"]
+        for pair, c in j["correlations"].items():
+            lines.append(f"| {pair.replace('__', ', ')} | {c['predicted_median']:+.3f} | "
+                         f"{c['of_the_errors']:+.3f} |")
+        lines.append("")
+        with writer.as_default(step=0):
+            for metric in ("coverage_68", "coverage_95", "nll"):
+                tf.summary.scalar(f"joint/{metric}", j[metric])
     writer.flush()
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -460,6 +527,10 @@ def headline(results: dict) -> str:
             line += (f"; on the {ref['count']} images with a reference posterior: MAE "
                      f"{ref['model_mae']:.4f} against the floor's {ref['floor_mae']:.4f}")
         lines.append(line)
+    if "joint" in results:
+        j = results["joint"]
+        lines.append(f"joint ({', '.join(j['targets'])}): 68%/95% ellipsoid coverage "
+                     f"{j['coverage_68']:.3f}/{j['coverage_95']:.3f}")
     return "\n".join(lines)
 
 

@@ -168,6 +168,7 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
                              if line.startswith("--") and not line.startswith("--data_dir="))
     model = keras.saving.load_model(model_path or os.path.join(workdir, "model.keras"),
                                     compile=False)
+    from deeplense_tf import training
     from deeplense_tf.datasets.deeplense_lensing import deeplense_lensing_dataset_builder as dl
 
     config_name = config["dataset"].split("/")[1].split(":")[0].split("__")[0]
@@ -185,7 +186,7 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
     meta = {
         "name": name,
         "targets": models.target_names(model),
-        "head": config["loss"] == "gaussian_nll" and "gaussian" or "point",
+        "head": training.HEAD_OF_LOSS[config["loss"]],
         "image_shape": list(model.input_shape[1:]),
         "instrument": instrument.name,
         "instrument_description": instrument.description,

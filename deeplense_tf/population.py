@@ -125,7 +125,8 @@ def training_prior(model: str, target: str) -> tuple[float, float]:
     if name is None:
         raise ValueError(f"--prior: {model or 'the model'} is not a shipped model, so its "
                          "training prior is unknown; give --prior=LOW,HIGH")
-    recipe = recipes.get(pretrained.info(name)["recipe"])
+    dataset = pretrained.info(name)["dataset"]  # deeplense_lensing/CONFIG[:VERSION]
+    recipe = recipes.get(dataset.split("/")[-1].split(":")[0].split("__")[0])
     for sub in recipe.substructures.values():
         prior = getattr(sub, target, None)
         if isinstance(prior, priors.Uniform):

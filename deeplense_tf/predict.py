@@ -116,6 +116,8 @@ def estimate_columns(outputs: dict, targets) -> dict[str, np.ndarray]:
             for q in ("_q025", "_q975"):
                 if t + q in outputs:
                     columns[t + q] = np.asarray(outputs[t + q], np.float64)
+    for key in sorted(k for k in outputs if k.startswith("corr__")):
+        columns[key] = np.asarray(outputs[key], np.float64)
     n = len(next(iter(columns.values())))
     columns["ood_score"] = np.asarray(outputs.get("ood_score", np.full(n, np.nan)), np.float64)
     columns["ood_flag"] = np.asarray(outputs.get("ood_flag", np.full(n, np.nan)), np.float64)

@@ -41,7 +41,10 @@ from tensorboard.plugins.hparams import api as hp
 
 from deeplense_tf import console, input_pipeline, models, plots, transfer
 
-LOSSES = ("gaussian_nll", "mse", "huber")
+LOSSES = ("gaussian_nll", "gaussian_full_nll", "mse", "huber")
+# The head each loss trains.
+HEAD_OF_LOSS = {"gaussian_nll": "gaussian", "gaussian_full_nll": "gaussian_full",
+                "mse": "point", "huber": "point"}
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT = ("auto", "true", "false")
@@ -62,7 +65,9 @@ class TrainConfig:
     model: str = "resnet18"
     variant: str = ""  # "" = the model's default variant
     model_overrides: dict = dataclasses.field(default_factory=dict)
-    loss: str = "gaussian_nll"  # gaussian_nll trains a Gaussian head; mse/huber a point head
+    # gaussian_nll trains a Gaussian head (one sigma per target); gaussian_full_nll a
+    # full-covariance Gaussian over all targets (two or more); mse/huber a point head.
+    loss: str = "gaussian_nll"
     huber_delta: float = 1.0
     normalization: str = "per_image_standardization"
     augment: bool = True
@@ -112,6 +117,11 @@ class TrainConfig:
                 raise ValueError(f"--{field}: must be positive, got {getattr(self, field)}")
         if not self.targets:
             raise ValueError("--targets: name at least one target")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"--targets: {self.targets} names a target twice")
+        if self.loss == "gaussian_full_nll" and len(self.targets) < 2:
+            raise ValueError(f"--loss=gaussian_full_nll: a covariance head needs two or more "
+                             f"--targets, got {self.targets}; use --loss=gaussian_nll for one")
         if self.train_examples < 0:
             raise ValueError(f"--train_examples: must be >= 0, got {self.train_examples}")
         choice("freeze", transfer.FREEZE)
@@ -125,7 +135,7 @@ class TrainConfig:
 
     @property
     def head(self) -> str:
-        return "gaussian" if self.loss == "gaussian_nll" else "point"
+        return HEAD_OF_LOSS[self.loss]
 
 
 def _flag_items(config: TrainConfig):
@@ -239,6 +249,8 @@ def loss_per_example(loss: str, model, labels, outputs, huber_delta: float = 1.0
     """Per-example loss (batch,), averaged over targets, in standardized target units."""
     z_true = models.standardize(model, labels)
     z_pred = models.standardize(model, outputs)
+    if loss == "gaussian_full_nll":
+        return _full_gaussian_nll(models.target_names(model), z_true, z_pred, outputs)
     terms = []
     for name in models.target_names(model):
         error = z_true[name] - z_pred[name]
@@ -252,6 +264,29 @@ def loss_per_example(loss: str, model, labels, outputs, huber_delta: float = 1.0
             quadratic = tf.minimum(abs_error, huber_delta)
             terms.append(0.5 * tf.square(quadratic) + huber_delta * (abs_error - quadratic))
     return tf.add_n(terms) / len(terms)
+
+
+def _full_gaussian_nll(names, z_true, z_pred, outputs):
+    """NLL of a full-covariance Gaussian (up to a constant), per example and per target,
+    in standardized units: sum log diag(C) + |C^-1 r|^2 / 2 with Sigma = C C^T built from
+    the marginal sigmas and the correlations the head returns."""
+    from deeplense_tf.models.layers import target_pairs
+
+    k = len(names)
+    residual = tf.stack([z_true[n] - z_pred[n] for n in names], axis=-1)
+    sigma = tf.stack([z_pred[n + "_std"] for n in names], axis=-1)
+    rows = [[None] * k for _ in range(k)]
+    for i in range(k):
+        rows[i][i] = tf.ones_like(sigma[:, 0])
+    for i, j, key in target_pairs(names):
+        rows[i][j] = rows[j][i] = tf.cast(outputs[key], tf.float32)
+    correlation = tf.stack([tf.stack(row, axis=-1) for row in rows], axis=-2)
+    covariance = correlation * sigma[:, :, None] * sigma[:, None, :]
+    chol = tf.linalg.cholesky(covariance + 1e-6 * tf.eye(k))
+    white = tf.linalg.triangular_solve(chol, residual[..., None], lower=True)[..., 0]
+    nll = (tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)), axis=-1)
+           + 0.5 * tf.reduce_sum(tf.square(white), axis=-1))
+    return nll / k
 
 
 def machine() -> str:
@@ -736,7 +771,7 @@ def _validation_metric_names(config: TrainConfig) -> list:
     names = ["loss"]
     for name in config.targets:
         names += [f"{name}/mae", f"{name}/rmse"]
-        if config.head == "gaussian":
+        if config.head in ("gaussian", "gaussian_full"):
             names += [f"{name}/coverage_68", f"{name}/nll"]
     return names
 

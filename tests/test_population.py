@@ -127,6 +127,9 @@ def test_bad_input_is_named(tmp_path):
         population.infer(mean, std, (-22.0, -24.0))
     with pytest.raises(ValueError, match="--population=hier"):
         population.infer(mean, std, PRIOR, "hier")
+    assert population.training_prior("hybrid_model_ii_axion", "log10_m_axion") == PRIOR
+    with pytest.raises(ValueError, match="no uniform prior on 'theta_e'"):
+        population.training_prior("hybrid_model_ii_axion", "theta_e")
     with pytest.raises(ValueError, match="not a shipped model"):
         population.training_prior("a.keras", "log10_m_axion")
     Table({"log10_m_axion": mean}).write(str(tmp_path / "point.csv"), format="ascii.csv")

@@ -12,8 +12,22 @@ import numpy as np
 from keras import ops
 
 NORMALIZATION_MODES = ("none", "per_image_standardization", "per_image_minmax", "asinh", "global")
-HEADS = ("gaussian", "point")
+HEADS = ("gaussian", "gaussian_full", "point")
+GAUSSIAN_HEADS = ("gaussian", "gaussian_full")
 STD_SUFFIX = "_std"
+CORR_PREFIX = "corr__"
+OFF_DIAGONAL_BOUND = 10.0  # of the full-covariance head's Cholesky factor, in units of d_i
+
+
+def correlation_key(first: str, second: str) -> str:
+    """Output key of the correlation between two targets of a full-covariance head."""
+    return f"{CORR_PREFIX}{first}__{second}"
+
+
+def target_pairs(targets):
+    """(i, j, key) for every pair i > j of targets, in the head's column order."""
+    return [(i, j, correlation_key(targets[j], targets[i]))
+            for i in range(1, len(targets)) for j in range(i)]
 
 
 @keras.saving.register_keras_serializable(package="deeplense_tf")
@@ -114,13 +128,25 @@ class PositionEmbedding(keras.layers.Layer):
 class RegressionOutput(keras.layers.Layer):
     """Standardized head outputs -> dict of per-target tensors of shape (batch,) in physical units.
 
-    Input: (batch, K) standardized predictions `z` for `head="point"`, or (batch, 2K)
-    `[z, raw_log_variance]` for `head="gaussian"`, with K = len(targets). Output:
+    Input: (batch, K) standardized predictions `z` for `head="point"`, (batch, 2K)
+    `[z, raw_log_variance]` for `head="gaussian"`, or (batch, 2K + K(K-1)/2)
+    `[z, raw_log_variance, raw_off_diagonal]` for `head="gaussian_full"`, with
+    K = len(targets). Output:
     `{target: mean + std * z}` and, for the Gaussian head,
     `{target + "_std": std * exp(log_variance / 2)}`, where the standardized log-variance
     is `log_var_bound * tanh(raw / log_var_bound)`: smooth, the identity near 0, bounded
     so that the negative log-likelihood cannot blow up, and never flat like a hard clip
     (a prediction stuck beyond a hard clip gets no gradient back).
+
+    `head="gaussian_full"` (K >= 2 targets) predicts a full covariance, Cholesky-
+    parametrized as paltas does: in standardized units Sigma = L L^T, L lower triangular
+    with diagonal d_i = exp(log_variance_i / 2) and below it, row by row (L[1,0], L[2,0],
+    L[2,1], ...), L[i,j] = d_i * b * tanh(raw / b) with b = OFF_DIAGONAL_BOUND = 10: Sigma
+    is positive definite for any input, no correlation comes closer to +-1 than float32
+    can invert (two targets: |rho| <= 10 / sqrt(101) = 0.995), and the untrained head
+    (zero inputs) predicts the identity, the prior. Outputs: each target's
+    marginal `_std` = std * sqrt(Sigma_ii) and, per pair, the correlation
+    `corr__<first>__<second>` = Sigma_ij / sqrt(Sigma_ii Sigma_jj) (`target_pairs`).
 
     `target_mean` / `target_std` are the training-split statistics, stored in the config:
     the saved model predicts physical units with no side file.
@@ -145,8 +171,12 @@ class RegressionOutput(keras.layers.Layer):
             raise ValueError("targets must name at least one target.")
         if head not in HEADS:
             raise ValueError(f"Unknown head {head!r}; accepted: {', '.join(HEADS)}.")
+        if head == "gaussian_full" and len(targets) < 2:
+            raise ValueError(f"head='gaussian_full' models the covariance of several targets; "
+                             f"got one target {targets}: use head='gaussian' (loss "
+                             "gaussian_nll) or name two or more --targets")
         output_names = list(targets) + ([t + STD_SUFFIX for t in targets]
-                                        if head == "gaussian" else [])
+                                        if head in GAUSSIAN_HEADS else [])
         if len(set(output_names)) != len(output_names):
             raise ValueError(f"targets {targets} repeat a name (the Gaussian head adds "
                              f"'<target>{STD_SUFFIX}' keys).")
@@ -167,19 +197,45 @@ class RegressionOutput(keras.layers.Layer):
     @property
     def units(self):
         """Width of the dense layer that feeds this one."""
-        return len(self.targets) * (2 if self.head == "gaussian" else 1)
+        k = len(self.targets)
+        return {"point": k, "gaussian": 2 * k, "gaussian_full": 2 * k + k * (k - 1) // 2}[self.head]
+
+    def _standardized_sigmas(self, z):
+        """Standardized marginal sigmas (list of (batch,)) and, for the full head, the
+        correlations {key: (batch,)}."""
+        k = len(self.targets)
+        diag = [ops.exp(0.5 * self.log_var_bound * ops.tanh(z[:, k + i] / self.log_var_bound))
+                for i in range(k)]
+        if self.head == "gaussian":
+            return diag, {}
+        rows = []  # rows[i][m] = L[i, m] for m <= i
+        column = 2 * k
+        bound = OFF_DIAGONAL_BOUND
+        for i in range(k):
+            row = []
+            for _ in range(i):
+                row.append(diag[i] * bound * ops.tanh(z[:, column] / bound))
+                column += 1
+            rows.append(row + [diag[i]])
+        variance = [sum(ops.square(v) for v in row) for row in rows]
+        sigmas = [ops.sqrt(v) for v in variance]
+        correlations = {}
+        for i, j, key in target_pairs(self.targets):
+            covariance = sum(rows[i][m] * rows[j][m] for m in range(j + 1))
+            correlations[key] = covariance / (sigmas[i] * sigmas[j])
+        return sigmas, correlations
 
     def call(self, standardized):
         z = ops.cast(standardized, "float32")
-        k = len(self.targets)
         outputs = {}
+        sigmas, correlations = (self._standardized_sigmas(z) if self.head in GAUSSIAN_HEADS
+                                else (None, {}))
         for i, (name, mean, std) in enumerate(zip(self.targets, self.target_mean,
                                                    self.target_std)):
             # Index one column: (batch,), never (batch, 1).
             outputs[name] = z[:, i] * std + mean
-            if self.head == "gaussian":
-                log_var = self.log_var_bound * ops.tanh(z[:, k + i] / self.log_var_bound)
-                sigma = ops.exp(0.5 * log_var) * std
+            if sigmas is not None:
+                sigma = sigmas[i] * std
                 table = (self.interval_calibration or {}).get(name)
                 if table is None:
                     outputs[name + STD_SUFFIX] = sigma
@@ -189,6 +245,7 @@ class RegressionOutput(keras.layers.Layer):
                     half = sigma * interval_half_width(table, level)
                     outputs[name + low] = outputs[name] - half
                     outputs[name + high] = outputs[name] + half
+        outputs.update(correlations)
         return outputs
 
     def get_config(self):
@@ -216,7 +273,7 @@ def interval_half_width(table, level):
 def _check_interval_calibration(calibration, targets, head):
     if calibration is None:
         return None
-    if head != "gaussian":
+    if head not in GAUSSIAN_HEADS:
         raise ValueError("interval_calibration: only a Gaussian head has intervals to calibrate")
     out = {}
     for name, table in dict(calibration).items():

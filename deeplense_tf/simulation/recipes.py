@@ -25,7 +25,7 @@ from typing import Mapping
 from deeplense_tf.simulation import components, instruments, substructure
 from deeplense_tf.simulation.components import MainDeflector, SersicSource
 from deeplense_tf.simulation.lens_light import LensLightModel
-from deeplense_tf.simulation.priors import Fixed
+from deeplense_tf.simulation.priors import Fixed, Uniform
 from deeplense_tf.simulation.psf import PSFVariation
 from deeplense_tf.simulation import simulator as simulator_lib
 from deeplense_tf.simulation.simulator import DrizzleNoise, LensSimulator, Realism
@@ -161,6 +161,18 @@ def _build() -> dict[str, Recipe]:
                     ("log10_sigma_sub",),
                     "HST-like 150 px of 0.04\", randomized macro model and source, truncated-NFW "
                     "subhalo population, target log10 Sigma_sub/kpc^-2 ~ U(-2.5, -0.5)."),
+        _randomized("euclid_cdm_population", "euclid",
+                    {"cdm": substructure.CDMSubhalos(profile="point_mass",
+                                                     slope=Uniform(-2.2, -1.6))},
+                    ("log10_sigma_sub", "shmf_slope"),
+                    "As euclid_cdm_point_mass with the subhalo mass-function slope drawn too, "
+                    "U(-2.2, -1.6) about CDM's -1.9: targets log10 Sigma_sub and the slope, "
+                    "jointly (a full-covariance head)."),
+        _randomized("hst_cdm_population", "hst_150",
+                    {"cdm": substructure.CDMSubhalos(slope=Uniform(-2.2, -1.6))},
+                    ("log10_sigma_sub", "shmf_slope"),
+                    "As hst_cdm (truncated-NFW subhalos, 150 px of 0.04\") with the mass-function "
+                    "slope drawn too, U(-2.2, -1.6): targets log10 Sigma_sub and the slope."),
         _randomized("euclid_wdm", "euclid", {"wdm": substructure.WDMSubhalos()},
                     ("log10_m_hm",),
                     "Euclid VIS 64 px, randomized macro model and source, warm-dark-matter "

@@ -199,7 +199,7 @@ class CDMSubhalos(Substructure):
 
     log10_sigma_sub: priors.Prior = Uniform(-2.5, -0.5)
     profile: str = "tnfw"
-    slope: float = -1.9
+    slope: float | priors.Prior = -1.9
     m_min: float = 1e8
     m_max: float = 1e10
     m0: float = 1e8
@@ -208,11 +208,23 @@ class CDMSubhalos(Substructure):
     concentration_scatter_dex: float = 0.13
     remove_mean_sheet: bool = True
     name = "cdm"
-    param_names = ("log10_sigma_sub", "n_subhalos", "subhalo_mass_total")
+    _param_names = ("log10_sigma_sub", "n_subhalos", "subhalo_mass_total")
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Stored parameters; `shmf_slope` too when the slope is drawn from a prior."""
+        return self._param_names + (("shmf_slope",) if isinstance(self.slope, priors.Prior)
+                                    else ())
 
     def __post_init__(self):
         object.__setattr__(self, "log10_sigma_sub",
                            priors.as_prior(self.log10_sigma_sub, "CDMSubhalos.log10_sigma_sub"))
+        if isinstance(self.slope, priors.Prior):
+            object.__setattr__(self, "slope", self.slope.named("CDMSubhalos.slope"))
+            low, high = self.slope.support
+            if not (-3.0 < low and high < -1.0):
+                raise ValueError(f"CDMSubhalos.slope: expected a prior inside (-3, -1) (a "
+                                 f"mass function steeper than m^-1), got support [{low}, {high}]")
         if self.profile not in ("tnfw", "point_mass"):
             raise ValueError(f"CDMSubhalos.profile: expected 'tnfw' or 'point_mass', got {self.profile!r}")
         if not 0 < self.m_min < self.m_max:
@@ -221,10 +233,12 @@ class CDMSubhalos(Substructure):
             if not getattr(self, field) > 0:
                 raise ValueError(f"CDMSubhalos.{field}: must be positive, got {getattr(self, field)}")
 
-    def mean_count(self, sigma_sub: float, geometry: LensingGeometry) -> float:
-        """Expected number of subhalos for Sigma_sub (kpc^-2) in the rendering disc."""
+    def mean_count(self, sigma_sub: float, geometry: LensingGeometry,
+                   slope: float | None = None) -> float:
+        """Expected number of subhalos for Sigma_sub (kpc^-2) in the rendering disc, for
+        the mass-function `slope` (default: the fixed slope)."""
         area_kpc2 = math.pi * (self.disc_radius_arcsec * geometry.kpc_per_arcsec) ** 2
-        p = self.slope + 1
+        p = (self.slope if slope is None else slope) + 1
         lo, hi = self.m_min / self.m0, self.m_max / self.m0
         integral = math.log(hi / lo) if abs(p) < 1e-9 else (hi**p - lo**p) / p
         return sigma_sub * area_kpc2 * integral
@@ -236,11 +250,15 @@ class CDMSubhalos(Substructure):
         """Draws (params, masses, xs, ys, concentrations); concentrations None for point
         masses. The order of the draws is fixed: the WDM population thins this one."""
         log10_sigma_sub = self.log10_sigma_sub.sample(rng)
-        n = int(rng.poisson(self.mean_count(10**log10_sigma_sub, geometry)))
-        masses = _power_law_masses(rng, n, self.slope, self.m_min, self.m_max)
+        drawn_slope = isinstance(self.slope, priors.Prior)
+        slope = self.slope.sample(rng) if drawn_slope else self.slope
+        n = int(rng.poisson(self.mean_count(10**log10_sigma_sub, geometry, slope)))
+        masses = _power_law_masses(rng, n, slope, self.m_min, self.m_max)
         xs, ys = _uniform_in_disc(rng, n, self.disc_radius_arcsec, center)
         params = {"log10_sigma_sub": log10_sigma_sub, "n_subhalos": float(n),
                   "subhalo_mass_total": float(masses.sum())}
+        if drawn_slope:
+            params["shmf_slope"] = slope
         concentration = None
         if self.profile == "tnfw":
             concentration = self._concentration(masses, geometry.z_lens)
@@ -331,8 +349,8 @@ class WDMSubhalos(CDMSubhalos):
     mass_function: tuple[float, float, float] = LOVELL2020_SUBHALOS
     concentration_suppression: tuple[float, float] = BOSE2016_CONCENTRATION
     name = "wdm"
-    param_names = ("log10_m_hm", "m_wdm_kev", "log10_sigma_sub", "n_subhalos",
-                   "subhalo_mass_total", "n_subhalos_cdm")
+    _param_names = ("log10_m_hm", "m_wdm_kev", "log10_sigma_sub", "n_subhalos",
+                    "subhalo_mass_total", "n_subhalos_cdm")
 
     def __post_init__(self):
         super().__post_init__()

@@ -84,7 +84,7 @@ def test_regression_output_is_batch_shaped_per_target(checks):
     (dict(targets=["a", "a_std"], target_mean=[0, 0], target_std=[1, 1]), "repeat"),
     (dict(targets=["a"], target_mean=[0, 1], target_std=[1]), "2 values for 1"),
     (dict(targets=["a"], target_mean=[0], target_std=[0]), "positive"),
-    (dict(targets=["a"], target_mean=[0], target_std=[1], head="laplace"), "gaussian, point"),
+    (dict(targets=["a"], target_mean=[0], target_std=[1], head="laplace"), "gaussian, gaussian_full, point"),
 ])
 def test_regression_output_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
