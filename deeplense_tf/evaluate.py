@@ -31,6 +31,7 @@ from deeplense_tf import console
 
 
 _BINS = 10
+WITHIN_THRESHOLDS = (0.25, 0.5, 1.0)
 _NOMINAL = np.linspace(0.05, 0.95, 19)
 
 
@@ -48,6 +49,10 @@ def point_metrics(y_true, y_pred) -> dict:
         "median_absolute_error": float(np.median(np.abs(error))),
         "bias": float(np.mean(error)),
         "r2": float(1 - np.sum(error**2) / ss_tot) if ss_tot > 0 else float("nan"),
+        # Shares of examples within 0.25, 0.5 and 1 target unit (dex for log10 targets):
+        # how classification-style results (e.g. "within an order of magnitude") compare.
+        "fraction_within": {f"{d:g}": float(np.mean(np.abs(error) <= d))
+                            for d in WITHIN_THRESHOLDS},
     }
 
 
@@ -518,7 +523,9 @@ def headline(results: dict) -> str:
     for name, r in results["targets"].items():
         m, c = r["model"], r["constant_baseline"]
         line = (f"{name}: MAE {m['mae']:.3f} (constant {c['mae']:.3f}), RMSE {m['rmse']:.3f} "
-                f"(constant {c['rmse']:.3f}), R^2 {m['r2']:.3f}")
+                f"(constant {c['rmse']:.3f}), R^2 {m['r2']:.3f}, within 0.5/1: "
+                f"{m['fraction_within']['0.5']:.3f}/{m['fraction_within']['1']:.3f} (constant "
+                f"{c['fraction_within']['0.5']:.3f}/{c['fraction_within']['1']:.3f})")
         if "gaussian" in r:
             line += (f", 68%/95% coverage {r['gaussian']['coverage_68']:.3f}/"
                      f"{r['gaussian']['coverage_95']:.3f}")

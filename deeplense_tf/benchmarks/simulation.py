@@ -99,6 +99,7 @@ def cases() -> list[Case]:
         "no_sub": (substructure.NoSubstructure(), {"euclid": "euclid_classes"}),
         "cdm_tnfw": (substructure.CDMSubhalos(), {"euclid": "euclid_cdm", "hst_150": "hst_cdm"}),
         "wdm_tnfw": (substructure.WDMSubhalos(), {"euclid": "euclid_wdm", "hst_150": "hst_wdm"}),
+        "sidm_tnfwc": (substructure.SIDMSubhalos(), {"euclid": "euclid_sidm", "hst_150": "hst_sidm"}),
         "cdm_point_mass": (substructure.CDMSubhalos(profile="point_mass"),
                            {"euclid": "euclid_cdm_point_mass"}),
         "cdm_deeplense": (substructure.DeepLenseCDM(), {"euclid": "euclid_classes"}),

@@ -12,7 +12,9 @@ says where a regressor can learn and where its error must plateau.
         --output=information_euclid_wdm.json
 
 Twins: warm dark matter (`wdm`) against its CDM population before suppression
-(`suppress=False`); the CDM population (`cdm`) against no substructure.
+(`suppress=False`); self-interacting dark matter (`sidm`) against the same subhalos
+without self-interactions (`interacting=False`); the CDM population (`cdm`) against no
+substructure.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ def twin_of(model: substructure.Substructure) -> substructure.Substructure:
     """The model with its dark-matter effect off, drawing the same random stream."""
     if isinstance(model, substructure.WDMSubhalos):
         return dataclasses.replace(model, suppress=False)
+    if isinstance(model, substructure.SIDMSubhalos):
+        return dataclasses.replace(model, interacting=False)
     if isinstance(model, substructure.CDMSubhalos):
         return _NoSubstructureAs(model)
     raise ValueError(f"information: no twin for substructure {model.name!r}; expected a "
-                     "warm-dark-matter ('wdm') or CDM population ('cdm') recipe")
+                     "warm ('wdm'), self-interacting ('sidm') or CDM population ('cdm') recipe")
 
 
 class _NoSubstructureAs(substructure.Substructure):

@@ -184,6 +184,16 @@ def _build() -> dict[str, Recipe]:
                     "HST-like 150 px of 0.04\", randomized macro model and source, warm-dark-"
                     "matter truncated-NFW subhalos as euclid_wdm, target log10 m_hm/Msun ~ "
                     "U(7, 10.5)."),
+        _randomized("euclid_sidm", "euclid", {"sidm": substructure.SIDMSubhalos()},
+                    ("log10_sigma_over_m",),
+                    "Euclid VIS 64 px, randomized macro model and source, self-interacting dark "
+                    "matter: euclid_cdm's subhalos at Sigma_sub = 0.1 kpc^-2 with cores and "
+                    "collapse after Essig et al. 2019 and Yang et al. 2023, target log10 "
+                    "sigma/m / (cm^2/g) ~ U(0, 3)."),
+        _randomized("hst_sidm", "hst_150", {"sidm": substructure.SIDMSubhalos()},
+                    ("log10_sigma_over_m",),
+                    "HST-like 150 px of 0.04\", randomized macro model and source, self-"
+                    "interacting dark matter as euclid_sidm, target log10 sigma/m ~ U(0, 3)."),
         _randomized("euclid_fdm", "euclid", {"fdm": substructure.FDMGranules()},
                     ("log10_m_axion",),
                     "Euclid VIS 64 px, randomized macro model and source, fuzzy-dark-matter "

@@ -18,6 +18,9 @@ def test_point_metrics_match_their_definitions():
     assert m["mae"] == pytest.approx(0.5)
     assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 0 + 1 + 0.25) / 4))
     assert m["median_absolute_error"] == pytest.approx(0.5)
+    errors = np.abs(np.asarray(p, float) - np.asarray(y, float))
+    for d, share in m["fraction_within"].items():
+        assert share == pytest.approx(np.mean(errors <= float(d)))
     assert m["bias"] == pytest.approx(0.0)
     assert m["r2"] == pytest.approx(1 - 1.5 / 5.0)
 

@@ -132,3 +132,93 @@ def test_wdm_bad_input_names_what_was_expected():
         information.delta_chi2("euclid_classes", 2)
     with pytest.raises(ValueError, match="is not a parameter"):
         information.delta_chi2("euclid_wdm", 2, target="log10_m_axion")
+
+
+# ------------------------------------------------------------------------------ SIDM
+
+
+def test_sidm_collapse_time_matches_the_published_formula_in_si_units():
+    from astropy import constants, units as u
+
+    rho_s = 8.6e6 * u.Msun / u.kpc**3
+    r_s = 1.87 * u.kpc
+    sigma_over_m = 10 * u.cm**2 / u.g
+    expected = (150 / 0.75 / (sigma_over_m * rho_s * r_s)
+                / np.sqrt(4 * np.pi * constants.G * rho_s)).to(u.Gyr).value
+    got = substructure.sidm_collapse_time_gyr(8.6e6, 1.87, 10.0)
+    assert got == pytest.approx(expected, rel=1e-4)
+    # A hundred times the cross-section collapses a hundred times sooner.
+    assert substructure.sidm_collapse_time_gyr(8.6e6, 1.87, 1000.0) == pytest.approx(got / 100)
+
+
+def test_sidm_profile_evolution_starts_at_nfw_and_ends_collapsed():
+    rs, rc = substructure.sidm_profile_evolution(np.array([0.0, 0.2, 1.0, 5.0]))
+    assert rs[0] == pytest.approx(1.0) and rc[0] == 0.0
+    assert 0.2 < rc[1] < 0.23  # the largest core, ~0.22 r_s
+    assert rs[2] == pytest.approx(0.5170, abs=1e-3) and rc[2] == pytest.approx(0.0397, abs=1e-3)
+    assert rs[3] == rs[2] and rc[3] == rc[2]  # capped at t_c, where the fit ends
+
+
+def test_tnfwc_halo_keeps_its_total_mass_and_deflects_as_its_projected_mass():
+    from lenstronomy.LensModel.Profiles.nfw_core_truncated import TNFWC
+
+    rs, rc, rt, total = 0.2, 0.05, 1.2, 3e-3
+    (kwargs,) = substructure.tnfwc_profiles([rs], [rc], [rt], [total])
+    profile = TNFWC()
+    rho0 = profile.alpha2rho0(kwargs["alpha_Rs"], rs, rc, rt)
+    # Total mass: 4 pi r^2 rho(r) integrated over all space.
+    mass_3d = integrate.quad(lambda r: 4 * np.pi * r**2 * profile.density(r, rs, rho0, rc, rt),
+                             0, np.inf, limit=400)[0]
+    assert mass_3d == pytest.approx(total, rel=1e-3)
+    # Deflection at R = the projected mass inside R over pi R (Sigma_crit, arcsec units).
+    for radius in (0.03, 0.3, 2.0):
+        sigma = lambda r: 2 * integrate.quad(  # noqa: E731
+            lambda z: profile.density(np.hypot(r, z), rs, rho0, rc, rt), 0, np.inf, limit=200)[0]
+        inside = integrate.quad(lambda r: 2 * np.pi * r * sigma(r), 0, radius, limit=200)[0]
+        ax, _ = substructure.tnfwc_deflection(np.array([radius]), np.array([0.0]), [0.0], [0.0],
+                                              [kwargs])
+        assert ax[0] == pytest.approx(inside / (np.pi * radius), rel=2e-3)
+
+
+def test_sidm_twin_shares_the_draws_and_the_signal_grows_with_the_cross_section():
+    model = substructure.SIDMSubhalos()
+    geometry = cosmology.geometry()
+    a = model.draw(np.random.default_rng(4), geometry)
+    b = information.twin_of(model).draw(np.random.default_rng(4), geometry)
+    assert a.params["n_subhalos"] == b.params["n_subhalos"]
+    assert b.params["sidm_core_ratio_median"] == 0.0 < a.params["sidm_core_ratio_median"]
+    first, again = (information.delta_chi2("euclid_sidm", 1, seed=3)[0] for _ in range(2))
+    assert first["delta_chi2"] == again["delta_chi2"]  # reproducible from the seed
+    rows = information.delta_chi2("euclid_sidm", 16, seed=2)
+    x = np.array([r["log10_sigma_over_m"] for r in rows])
+    d = np.array([r["delta_chi2"] for r in rows])
+    assert np.median(d[x > 2]) > 3 * np.median(d[x < 1])
+
+
+def test_sidm_bad_input_names_what_was_expected():
+    with pytest.raises(ValueError, match="cores need extended halos"):
+        substructure.SIDMSubhalos(profile="point_mass")
+    with pytest.raises(ValueError, match="must exceed the lens redshift 0.5"):
+        substructure.SIDMSubhalos(formation_redshift=0.3).age_gyr(cosmology.geometry())
+
+
+def test_tnfwc_deflection_equals_lenstronomy():
+    from lenstronomy.LensModel.Profiles.nfw_core_truncated import TNFWC
+
+    rng = np.random.default_rng(6)
+    sub = (np.arange(64) + 0.5) / 2 - 16
+    x, y = np.meshgrid(sub * 0.1, sub * 0.1)
+    rs = 10 ** rng.uniform(-2, -0.5, 12)
+    kwargs = substructure.tnfwc_profiles(rs, rs * rng.uniform(0.01, 0.3, 12),
+                                         rs * rng.uniform(3, 20, 12), 10 ** rng.uniform(-4, -2, 12))
+    xs, ys = rng.uniform(-1.5, 1.5, 12), rng.uniform(-1.5, 1.5, 12)
+    xs[0], ys[0] = x[5, 5], y[5, 5]
+    ax, ay = substructure.tnfwc_deflection(x, y, xs, ys, kwargs)
+    bx, by = np.zeros_like(x), np.zeros_like(y)
+    for cx, cy, kw in zip(xs, ys, kwargs):
+        dax, day = TNFWC().derivatives(x, y, center_x=cx, center_y=cy, **kw)
+        bx += dax
+        by += day
+    scale = np.abs(bx).max()
+    np.testing.assert_allclose(ax, bx, rtol=0, atol=1e-9 * scale)
+    np.testing.assert_allclose(ay, by, rtol=0, atol=1e-9 * scale)
