@@ -179,6 +179,11 @@ def _build() -> dict[str, Recipe]:
                     "truncated-NFW subhalos (euclid_cdm's population at Sigma_sub = 0.1 kpc^-2, "
                     "suppressed below the half-mode mass: Lovell et al. 2020 mass function, Bose "
                     "et al. 2016 concentrations), target log10 m_hm/Msun ~ U(7, 10.5)."),
+        _randomized("euclid_wdm_point_mass", "euclid",
+                    {"wdm": substructure.WDMSubhalos(profile="point_mass")}, ("log10_m_hm",),
+                    "As euclid_wdm with the subhalos as point masses (the limit in which "
+                    "euclid_cdm_point_mass's Sigma_sub is learnable), target log10 m_hm/Msun ~ "
+                    "U(7, 10.5)."),
         _randomized("hst_wdm", "hst_150", {"wdm": substructure.WDMSubhalos()},
                     ("log10_m_hm",),
                     "HST-like 150 px of 0.04\", randomized macro model and source, warm-dark-"

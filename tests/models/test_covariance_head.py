@@ -102,5 +102,15 @@ def test_training_and_evaluating_a_joint_head(tiny_data, tmp_path):
     assert "Joint (full covariance)" in (tmp_path / "report" / "report.md").read_text()
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert 0.0 <= saved["joint"]["coverage_95"] <= 1.0
+    # SavedModel and predict tables carry the correlation, named.
+    from deeplense_tf import export, predict
+
+    version = export.export_saved_model(str(tmp_path / "run" / "model.keras"),
+                                        str(tmp_path / "exports"), "joint")
+    images = np.random.default_rng(0).normal(0.5, 0.2, (3, 64, 64)).astype(np.float32)
+    table = predict.predict_images(images, predict.Predictor(version))
+    corr = np.asarray(table["corr__log10_m_axion__theta_e"], float)
+    assert corr.shape == (3,) and np.all(np.abs(corr) < 1)
+    assert {"log10_m_axion_std", "theta_e_std"} <= set(table.colnames)
     with pytest.raises(ValueError, match="covariance head needs two or more"):
         training.TrainConfig(**dict(config.__dict__, targets=["theta_e"])).validate()
