@@ -11,10 +11,17 @@ says where a regressor can learn and where its error must plateau.
     python -m deeplense_tf.simulation.information --recipe=euclid_wdm --num_images=200 \\
         --output=information_euclid_wdm.json
 
-Twins: warm dark matter (`wdm`) against its CDM population before suppression
+Twins: the axion vortex against its m_a -> infinity limit (the vortex's mass at the lens
+centre), as in PHYSICS.md; warm dark matter (`wdm`) against its CDM population before suppression
 (`suppress=False`); self-interacting dark matter (`sidm`) against the same subhalos
 without self-interactions (`interacting=False`); the CDM population (`cdm`) against no
 substructure.
+
+With realism (lens light, PSFs, real sources), the twin shares those draws too; the
+variance is the per-pixel background + Poisson variance of the twin, white: with
+correlated background noise (`*_correlated_noise`, `*_realistic`) Delta chi^2 ignores
+the correlation and overstates the information by up to the noise's effective-pixel
+factor.
 """
 
 from __future__ import annotations
@@ -39,8 +46,11 @@ def twin_of(model: substructure.Substructure) -> substructure.Substructure:
         return dataclasses.replace(model, interacting=False)
     if isinstance(model, substructure.CDMSubhalos):
         return _NoSubstructureAs(model)
+    if isinstance(model, substructure.AxionVortex):
+        return _CompactVortex(model)
     raise ValueError(f"information: no twin for substructure {model.name!r}; expected a "
-                     "warm ('wdm'), self-interacting ('sidm') or CDM population ('cdm') recipe")
+                     "axion vortex, warm ('wdm'), self-interacting ('sidm') or CDM population ('cdm') "
+                     "recipe")
 
 
 class _NoSubstructureAs(substructure.Substructure):
@@ -55,6 +65,24 @@ class _NoSubstructureAs(substructure.Substructure):
         realization = self.model.draw(rng, geometry, center, ray_spacing_arcsec)
         return substructure.Realization(self.name, realization.params,
                                         substructure._no_deflection)
+
+
+class _CompactVortex(substructure.Substructure):
+    """The axion vortex's m_a -> infinity limit: its whole mass at the lens centre, after
+    drawing the vortex (same generator stream), as the vortex's information is counted
+    in PHYSICS.md."""
+
+    name = "axion"
+
+    def __init__(self, model):
+        self.model = model
+
+    def draw(self, rng, geometry, center=(0.0, 0.0), ray_spacing_arcsec=0.05):
+        realization = self.model.draw(rng, geometry, center, ray_spacing_arcsec)
+        theta_e2 = float(geometry.point_mass_theta_e(self.model.mass_msun) ** 2)
+        return substructure.Realization(self.name, realization.params, lambda x, y: (
+            substructure.point_mass_deflection(x, y, np.array([center[0]]),
+                                               np.array([center[1]]), np.array([theta_e2]))))
 
 
 def delta_chi2(recipe_name: str, num_images: int, *, seed: int = 0, split_index: int = 2,
