@@ -6,14 +6,16 @@ realization with the dark-matter effect switched off (every draw of the macro mo
 source and subhalo population shared). Their difference, summed over pixels in units
 of the noise variance of the twin, is the Delta chi^2 an ideal observer would have to
 tell them apart: < 1 means invisible, > 100 clearly visible. Binned in the target, it
-says where a regressor can learn and where its error must plateau.
+says where a regressor can learn and where its error must plateau. It is an upper bound:
+a regressor never sees the twin, and must also tell the effect from everything else that
+varies (the source's own structure, the subhalos' positions and masses, the lens light).
 
     python -m deeplense_tf.simulation.information --recipe=euclid_wdm --num_images=200 \\
         --output=information_euclid_wdm.json
 
-Twins: the axion vortex against its m_a -> infinity limit (the vortex's mass at the lens
-centre), as in PHYSICS.md; warm dark matter (`wdm`) against its CDM population before suppression
-(`suppress=False`); self-interacting dark matter (`sidm`) against the same subhalos
+Twins: the axion vortex against its m_a -> infinity limit (the vortex's mass at the
+lens centre), as in PHYSICS.md; warm dark matter (`wdm`) against its CDM population
+before suppression (`suppress=False`); self-interacting dark matter (`sidm`) against the same subhalos
 without self-interactions (`interacting=False`); the CDM population (`cdm`) against no
 substructure.
 
