@@ -269,20 +269,28 @@ def _stored_vortex(p, compact: bool = False):
     return StoredVortex()
 
 
+# Priors of a substructure model that `_redrawn` fixes to the stored value.
+_TARGET_PRIORS = ("log10_sigma_sub", "log10_m_axion", "log10_m_hm", "log10_sigma_over_m",
+                  "slope")
+_STORED_AS = {"slope": "shmf_slope"}  # a prior's stored parameter, where the names differ
+
+
 def _redrawn(model, p):
     """The recipe's model with its target prior fixed to the stored value: the stored
     positions (CDM) or random field (FDM) are not in the data set, so this is a fresh
     realization with the same parameters."""
     from deeplense_tf.simulation.priors import Fixed
 
-    fixed = {f.name: Fixed(p[f.name]) for f in dataclasses.fields(model)
-             if f.name in ("log10_sigma_sub", "log10_m_axion") and math.isfinite(p.get(f.name, math.nan))}
+    fixed = {f.name: Fixed(p[_STORED_AS.get(f.name, f.name)]) for f in dataclasses.fields(model)
+             if f.name in _TARGET_PRIORS
+             and math.isfinite(p.get(_STORED_AS.get(f.name, f.name), math.nan))}
     return dataclasses.replace(model, **fixed) if fixed else model
 
 
 def _bin_variable(class_name, params):
     for name in {"axion": ("log10_m_axion",), "fdm": ("log10_m_axion",),
-                 "cdm": ("log10_sigma_sub",)}.get(class_name, ()):
+                 "cdm": ("log10_sigma_sub",), "wdm": ("log10_m_hm",),
+                 "sidm": ("log10_sigma_over_m",)}.get(class_name, ()):
         if name in params and np.isfinite(params[name]).any():
             return name
     return None
@@ -353,7 +361,8 @@ def _bin_departure(rows, num_bins):
     out = {}
     for name in sorted({r["class"] for r in rows}):
         mine = [r for r in rows if r["class"] == name]
-        variable = next((k for k in ("log10_m_axion", "log10_sigma_sub") if k in mine[0]), None)
+        variable = next((k for k in ("log10_m_axion", "log10_sigma_sub", "log10_m_hm",
+                                     "log10_sigma_over_m") if k in mine[0]), None)
         entry = {"count": len(mine), "realization": mine[0]["realization"], "variable": variable}
         if "reproduction_chi2_per_pixel" in mine[0]:
             entry["reproduction_chi2_per_pixel_median"] = float(

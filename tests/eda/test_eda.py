@@ -103,3 +103,18 @@ def test_bad_dataset_names_say_what_was_expected(data_dir, tmp_path):
         eda.run(data_dir, "deeplense_lensing/euclid_axion", str(tmp_path))
     with pytest.raises(ValueError, match="--split"):
         eda.run(data_dir, DATASET, str(tmp_path), split="dev")
+
+
+def test_redrawn_realizations_fix_every_candidates_stored_target():
+    from deeplense_tf import eda
+    from deeplense_tf.simulation import substructure
+    from deeplense_tf.simulation.priors import Uniform
+
+    wdm = eda._redrawn(substructure.WDMSubhalos(), {"log10_m_hm": 9.0, "log10_sigma_sub": -1.0})
+    assert wdm.log10_m_hm.support == (9.0, 9.0)
+    sidm = eda._redrawn(substructure.SIDMSubhalos(), {"log10_sigma_over_m": 2.5})
+    assert sidm.log10_sigma_over_m.support == (2.5, 2.5)
+    cdm = eda._redrawn(substructure.CDMSubhalos(slope=Uniform(-2.2, -1.6)),
+                       {"shmf_slope": -2.0, "log10_sigma_sub": -1.5})
+    assert cdm.slope.support == (-2.0, -2.0) and cdm.log10_sigma_sub.support == (-1.5, -1.5)
+    assert eda._bin_variable("wdm", {"log10_m_hm": [9.0]}) == "log10_m_hm"
