@@ -80,7 +80,7 @@ def test_splits_are_disjoint_and_carry_targets_and_params(tmp_path):
     ex = next(iter(_examples(builder, "train").values()))
     assert set(ex["params"]) == set(recipes.get("euclid_classes").param_names)
     names = builder.info.features["substructure"].names
-    assert names == ["no_sub", "cdm", "axion", "fdm"]
+    assert names == ["no_sub", "cdm", "axion", "fdm", "wdm", "sidm"]  # new classes appended only
 
 
 def test_targets_are_top_level_features_matching_params(tmp_path):

@@ -22,7 +22,12 @@ IMAGE_SHAPE = (32, 32, 1)
 BATCH = 2
 
 
-def build_tiny(name, **kwargs):
+def build_tiny(name, seed=0, **kwargs):
+    """A tiny regressor with seeded initial weights: with a batch of 2 in training mode,
+    batch normalization divides by a two-sample variance, and an unlucky random draw can
+    make a 1e-3 step overshoot (seen once for resnet34 in a CI run); the checks are about
+    gradient flow, so they run on fixed weights."""
+    keras.utils.set_random_seed(seed)
     kwargs.setdefault("variant", "test")
     kwargs.setdefault("image_shape", IMAGE_SHAPE)
     return models.build_regressor(name, targets=TARGETS, target_mean=TARGET_MEAN,
