@@ -223,7 +223,7 @@ def joint_metrics(labels: dict, outputs: dict, targets) -> dict | None:
     correlation of the errors."""
     from scipy.stats import chi2
 
-    from deeplense_tf.models.layers import target_pairs
+    from deeplense_tf.models.layers import CORR_PREFIX, target_pairs
 
     covariance = covariance_matrices(outputs, targets)
     if covariance is None:
@@ -244,7 +244,7 @@ def joint_metrics(labels: dict, outputs: dict, targets) -> dict | None:
            "nll": float(nll.mean()), "correlations": {}}
     for i, j, key in target_pairs(list(targets)):
         predicted = covariance[:, i, j] / np.sqrt(covariance[:, i, i] * covariance[:, j, j])
-        out["correlations"][key[len("corr__"):]] = {
+        out["correlations"][key[len(CORR_PREFIX):]] = {
             "predicted_median": float(np.median(predicted)),
             "of_the_errors": float(np.corrcoef(error[:, i], error[:, j])[0, 1])}
     return out

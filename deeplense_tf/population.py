@@ -155,8 +155,8 @@ def _summary(grid, weights):
          for key, level in (("q025", 0.025), ("q16", 0.16), ("q50", 0.5), ("q84", 0.84),
                             ("q975", 0.975))}
     mean = float((w * grid).sum())
-    return dict(q, median=q["q50"], mean=mean, std=float(math.sqrt(max((w * (grid - mean) ** 2).sum(), 0.0))),
-                mode=float(grid[np.argmax(w)]))
+    std = math.sqrt(max(float((w * (grid - mean) ** 2).sum()), 0.0))
+    return dict(q, median=q["q50"], mean=mean, std=std, mode=float(grid[np.argmax(w)]))
 
 
 def infer(mean, std, prior, population: str = "normal", *, theta_points: int = 401,

@@ -116,7 +116,9 @@ def estimate_columns(outputs: dict, targets) -> dict[str, np.ndarray]:
             for q in ("_q025", "_q975"):
                 if t + q in outputs:
                     columns[t + q] = np.asarray(outputs[t + q], np.float64)
-    for key in sorted(k for k in outputs if k.startswith("corr__")):
+    from deeplense_tf.models.layers import CORR_PREFIX
+
+    for key in sorted(k for k in outputs if k.startswith(CORR_PREFIX)):
         columns[key] = np.asarray(outputs[key], np.float64)
     n = len(next(iter(columns.values())))
     columns["ood_score"] = np.asarray(outputs.get("ood_score", np.full(n, np.nan)), np.float64)
@@ -272,9 +274,7 @@ def _tfds_images(spec: str, data_dir: str):
     for i, ex in enumerate(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))):
         images.append(ex["image"])
         names.append(ex["name"].decode() if "name" in ex else f"{split}[{i}]")
-        stored = dict(ex.get("params", {}))
-        stored.update({k: v for k, v in ex.items() if np.ndim(v) == 0 and k not in ("name",)})
-        for key, value in stored.items():
+        for key, value in {**ex.get("params", {}), **ex}.items():
             if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.floating):
                 truths.setdefault(key, []).append(float(value))
     truths = {k: np.asarray(v) for k, v in truths.items() if len(v) == len(images)}

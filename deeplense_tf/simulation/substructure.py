@@ -82,6 +82,12 @@ def tnfw_total_mass(rs, rho0, tau):
 _TNFW_MIN_X = 1e-3  # r / rs floor, as lenstronomy's TNFW (its `_s`)
 
 
+def nfw_rho0(alpha_rs, rs):
+    """Density normalization (lensing units) of an NFW with deflection `alpha_rs` at its
+    scale radius `rs` (lenstronomy's `NFW.alpha2rho0`)."""
+    return alpha_rs / (4.0 * rs**2 * (1.0 + math.log(0.5)))
+
+
 def _nfw_f(u):
     """The NFW function F(u) (u = R / rs > 0, an array): ln((1 + w) / u) / w below 1 (the
     arccosh form), arctan(w) / w above, with w = sqrt(|1 - u^2|); 1 at u = 1. Each branch
@@ -104,13 +110,15 @@ def tnfw_deflection(x, y, xs, ys, rs, alpha_rs, r_trunc):
     arcsec; halos at (xs, ys)): alpha(R) = 4 rho0 rs g(u, tau) / u^2 along the radius,
     u = R / rs, with rho0 = alpha_rs / (4 rs^2 (1 + ln 1/2)), tau = r_trunc / rs and g of
     BMO09 eq. A.5. One halo at a time over the whole grid, as lenstronomy, but 2.5x
-    faster (`tests/simulation/test_dark_matter.py` checks it against lenstronomy to 1e-12).
+    faster (100 halos on a 128^2 grid: 20 against 48 ms);
+    `tests/simulation/test_dark_matter.py` checks it against lenstronomy to 1e-10 of the
+    largest deflection.
     """
     xs, ys = np.atleast_1d(xs), np.atleast_1d(ys)
     rs, alpha_rs, r_trunc = np.atleast_1d(rs), np.atleast_1d(alpha_rs), np.atleast_1d(r_trunc)
     ax = np.zeros(np.shape(x), dtype=np.float64)
     ay = np.zeros(np.shape(y), dtype=np.float64)
-    rho0 = alpha_rs / (4.0 * rs**2 * (1.0 + np.log(0.5)))
+    rho0 = nfw_rho0(alpha_rs, rs)
     tau = r_trunc / rs
     for i in range(len(xs)):
         dx, dy = x - xs[i], y - ys[i]
@@ -272,16 +280,19 @@ class CDMSubhalos(Substructure):
             return Realization(self.name, params, self._with_sheet(
                 lambda x, y: point_mass_deflection(x, y, xs, ys, theta_e2), lens_mass.sum(), center))
 
-        rs, alpha_rs = geometry.nfw_angles(masses, concentration)
-        rs, alpha_rs = np.atleast_1d(rs), np.atleast_1d(alpha_rs)
-        r_trunc = self.tau * rs
-        rho0 = alpha_rs / (4.0 * rs**2 * (1.0 + np.log(0.5)))  # lenstronomy's alpha2rho0
-        lens_mass = tnfw_total_mass(rs, rho0, self.tau)
+        rs, alpha_rs, r_trunc, lens_mass = self._tnfw_halos(masses, concentration, geometry)
 
         def deflection(x, y):
             return tnfw_deflection(x, y, xs, ys, rs, alpha_rs, r_trunc)
 
         return Realization(self.name, params, self._with_sheet(deflection, lens_mass.sum(), center))
+
+    def _tnfw_halos(self, masses, concentration, geometry):
+        """(rs, alpha_rs, r_trunc, total projected mass) of the truncated-NFW subhalos, in
+        arcsec and Sigma_crit arcsec^2."""
+        rs, alpha_rs = geometry.nfw_angles(masses, concentration)
+        rs, alpha_rs = np.atleast_1d(rs), np.atleast_1d(alpha_rs)
+        return rs, alpha_rs, self.tau * rs, tnfw_total_mass(rs, nfw_rho0(alpha_rs, rs), self.tau)
 
     @staticmethod
     def _concentration(m200, z):
@@ -468,11 +479,7 @@ class SIDMSubhalos(CDMSubhalos):
         params = dict(params, log10_sigma_over_m=log10_sigma_over_m,
                       sidm_collapsed_fraction=float(np.mean(t_over_tc >= 1)) if masses.size else 0.0,
                       sidm_core_ratio_median=float(np.median(rc_factor)) if masses.size else 0.0)
-        rs, alpha_rs = geometry.nfw_angles(masses, concentration)
-        rs, alpha_rs = np.atleast_1d(rs), np.atleast_1d(alpha_rs)
-        r_trunc = self.tau * rs
-        rho0 = alpha_rs / (4.0 * rs**2 * (1.0 + np.log(0.5)))
-        total = tnfw_total_mass(rs, rho0, self.tau)
+        rs, _, r_trunc, total = self._tnfw_halos(masses, concentration, geometry)
         profiles = tnfwc_profiles(rs * rs_factor, np.maximum(rc_factor * rs, 1e-4 * rs),
                                   r_trunc, total)
 
@@ -524,8 +531,9 @@ def _tnfwc_g(x2, b, t):
 def tnfwc_deflection(x, y, xs, ys, profiles):
     """Summed deflection of lenstronomy TNFWC halos at (xs, ys) with keyword sets
     `profiles` (`tnfwc_profiles`): alpha(R) = alpha_Rs g(x) / (g(1) x^2 rs) * (dx, dy),
-    x = R / rs, the same closed form as lenstronomy's `TNFWC.derivatives` (to 1e-12 in
-    the tests) at 1.5x its speed (constants per halo computed once)."""
+    x = R / rs, the same closed form as lenstronomy's `TNFWC.derivatives` (to 1e-9 of the
+    largest deflection in the tests) at 1.2x its speed (constants per halo computed once;
+    100 halos on a 128^2 grid: 21.5 against 26.3 ms)."""
     ax = np.zeros(np.shape(x), np.float64)
     ay = np.zeros(np.shape(y), np.float64)
     for cx, cy, kw in zip(np.atleast_1d(xs), np.atleast_1d(ys), profiles):

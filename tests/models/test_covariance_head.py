@@ -21,7 +21,7 @@ def _layer(**kwargs):
                             **kwargs)
 
 
-def _covariance(outputs, i_std=(2.0, 0.5, 1.5)):
+def _covariance(outputs):
     return evaluate.covariance_matrices({k: np.asarray(v) for k, v in outputs.items()}, TARGETS)
 
 
