@@ -164,9 +164,12 @@ class Pipeline:
 
     def __init__(self, data_dir: str, dataset: str, targets, *, seed: int = 0,
                  cache: bool | None = None, max_cache_fraction: float = 0.4):
+        """targets=() reads images only (`unlabelled_batches`: the target domain of
+        `deeplense_tf.adaptation`, whose labels are never read)."""
         self.builder = load_builder(data_dir, dataset)
         self.targets = list(targets)
-        check_targets(self.builder, self.targets)
+        if self.targets:
+            check_targets(self.builder, self.targets)
         self.seed = seed
         self.image_shape = tuple(self.builder.info.features["image"].shape)
         self._needed = _partners(self.targets)
@@ -221,6 +224,37 @@ class Pipeline:
             ds = ds.map(lambda i, ex: ex)
         ds = ds.map(self._keep_targets).batch(batch_size, drop_remainder=True)
         return ds.prefetch(tf.data.AUTOTUNE)
+
+    def unlabelled_batches(self, batch_size: int, first_pass: int, num_batches: int, *,
+                           augment: bool = True, skip_batches: int = 0,
+                           split: str = "train") -> tf.data.Dataset:
+        """`num_batches` full batches of images only, after the first `skip_batches`: `split`
+        reshuffled (and augmented) afresh for each pass over it, passes numbered from
+        `first_pass`; deterministic in (seed, first_pass, skip_batches), so a resumed run
+        sees the same batches."""
+        n = self.num_examples(split)
+        if batch_size > n:
+            raise DataError(f"batch size {batch_size} exceeds the {n} examples of {split!r} "
+                            f"in {self.builder.info.full_name}")
+        per_pass = n // batch_size
+        passes = max(1, math.ceil((skip_batches + num_batches) / per_pass))
+
+        def one_pass(index):
+            seed = self.seed * 1_000_003 + 7_919 + index
+            ds = self._read(split).shuffle(n, seed=seed, reshuffle_each_iteration=False)
+            ds = ds.enumerate()
+            if augment:
+                augment_fn = _augment(tf.constant(seed, tf.int64))
+                ds = ds.map(lambda i, ex: augment_fn(i, *ex)[0],
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            else:
+                ds = ds.map(lambda i, ex: ex[0])
+            return ds.batch(batch_size, drop_remainder=True)
+
+        ds = one_pass(first_pass)
+        for index in range(first_pass + 1, first_pass + passes):
+            ds = ds.concatenate(one_pass(index))
+        return ds.skip(skip_batches).take(num_batches).prefetch(tf.data.AUTOTUNE)
 
     def eval_dataset(self, split: str, batch_size: int) -> tf.data.Dataset:
         """All of `split` in file order, last batch partial, no augmentation."""

@@ -20,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from deeplense_tf import console, training, transfer
+from deeplense_tf import adaptation, console, training, transfer
 
 FLAGS = flags.FLAGS
 _DEFAULTS = training.TrainConfig(data_dir="", dataset="", targets=[])
@@ -74,6 +74,14 @@ def define_flags(flag_values=flags.FLAGS):
                         "and target scaling are kept; its calibration and OOD score are not.", **fv)
     flags.DEFINE_enum("freeze", _DEFAULTS.freeze, list(transfer.FREEZE),
                       "With --init_from: 'backbone' trains only the head.", **fv)
+    flags.DEFINE_enum("adapt", _DEFAULTS.adapt, list(adaptation.METHODS),
+                      "Unsupervised domain adaptation to the images of --adapt_dataset: 'dann' "
+                      "(domain-adversarial) or 'coral' (feature statistics).", **fv)
+    flags.DEFINE_string("adapt_dataset", _DEFAULTS.adapt_dataset,
+                        "'deeplense_lensing/CONFIG': the target domain; only its train split's "
+                        "images are read, never its labels.", **fv)
+    flags.DEFINE_float("adapt_weight", _DEFAULTS.adapt_weight,
+                       "Largest weight of the domain term (reached by a ramp over training).", **fv)
     flags.DEFINE_enum("cache", _DEFAULTS.cache, list(training.CACHE),
                       "Cache decoded data in memory (auto: if it fits in 40% of free memory).", **fv)
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 from absl import logging
 from tensorboard.plugins.hparams import api as hp
 
-from deeplense_tf import console, input_pipeline, models, plots, transfer
+from deeplense_tf import adaptation, console, input_pipeline, models, plots, transfer
 
 LOSSES = ("gaussian_nll", "gaussian_full_nll", "mse", "huber")
 # The head each loss trains.
@@ -94,6 +94,11 @@ class TrainConfig:
     # path) instead of random weights; optionally with its backbone frozen.
     init_from: str = ""
     freeze: str = "none"
+    # Unsupervised domain adaptation (`deeplense_tf.adaptation`): align the features of the
+    # training images with those of the unlabelled images of `adapt_dataset`.
+    adapt: str = "none"
+    adapt_dataset: str = ""
+    adapt_weight: float = 0.1
 
     def validate(self):
         def choice(field, accepted):
@@ -125,6 +130,15 @@ class TrainConfig:
         if self.train_examples < 0:
             raise ValueError(f"--train_examples: must be >= 0, got {self.train_examples}")
         choice("freeze", transfer.FREEZE)
+        choice("adapt", adaptation.METHODS)
+        if self.adapt != "none" and not self.adapt_dataset:
+            raise ValueError(f"--adapt={self.adapt} needs --adapt_dataset (the unlabelled "
+                             "images of the domain to adapt to)")
+        if self.adapt_dataset and self.adapt == "none":
+            raise ValueError(f"--adapt_dataset={self.adapt_dataset} needs --adapt=dann or "
+                             "--adapt=coral")
+        if self.adapt != "none" and not self.adapt_weight > 0:
+            raise ValueError(f"--adapt_weight: must be positive, got {self.adapt_weight}")
         if self.freeze != "none" and not self.init_from:
             raise ValueError(f"--freeze={self.freeze} needs --init_from (a trained model to keep)")
         return self
@@ -461,11 +475,14 @@ class _Run:
     resumed: bool
     train_writer: object
     val_writer: object
-    train_step: object  # tf.function (global images, labels) -> summed loss
+    train_step: object  # tf.function (global images, labels[, target images, progress]) -> {"loss": summed loss, ...}
     predict_fn: object
     scratch_dirs: list  # a non-chief worker's throw-away checkpoints and logs
+    target_pipeline: object = None  # the unlabelled images of --adapt_dataset
     # The time up to which `train_seconds` has been counted.
     clock: float = dataclasses.field(default_factory=time.perf_counter)
+    # An adapted run's domain loss and accuracy per step since the last TensorBoard write.
+    domain_window: dict = dataclasses.field(default_factory=dict)
 
     def last_good_checkpoint(self):
         return tf.train.latest_checkpoint(self.checkpoint_dir)
@@ -479,12 +496,15 @@ class _EpochTraining:
     last_step: int
     mean_loss: float
     images_per_second: float
+    domain: dict = dataclasses.field(default_factory=dict)  # adapted runs: epoch means
 
     def describe(self) -> str:
         if self.last_step < self.first_step:
             return "no training steps left"
-        return (f"steps {self.first_step}-{self.last_step}: train loss {self.mean_loss:.4f}, "
-                f"{self.images_per_second:.0f} images/s")
+        domain = "".join(f", {key.replace('_', ' ')} {value:.4f}"
+                         for key, value in self.domain.items())
+        return (f"steps {self.first_step}-{self.last_step}: train loss {self.mean_loss:.4f}"
+                f"{domain}, {self.images_per_second:.0f} images/s")
 
 
 def _set_up(config: TrainConfig, workdir: str) -> _Run:
@@ -519,6 +539,16 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
     if config.train_examples > n_train:
         raise ValueError(f"--train_examples={config.train_examples} exceeds the {n_train} "
                          "training examples")
+    target_pipeline = None
+    if config.adapt != "none":  # refused before anything is trained
+        target_pipeline = input_pipeline.Pipeline(config.data_dir, config.adapt_dataset, (),
+                                                  seed=config.seed, cache=cache)
+        adaptation.check_target_dataset(config.dataset, pipeline.image_shape,
+                                        config.adapt_dataset, target_pipeline.image_shape)
+        if target_pipeline.num_examples("train") < config.batch_size:
+            raise ValueError(f"--adapt_dataset={config.adapt_dataset}: its train split has "
+                             f"{target_pipeline.num_examples('train')} images, fewer than "
+                             f"--batch_size={config.batch_size}")
     stats = _statistics(pipeline, config.train_split, workdir, is_chief, parent)
     steps_per_epoch = n_train // config.batch_size
     if steps_per_epoch < 1:
@@ -548,7 +578,11 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
             var_names=["bias", "gamma", "beta", "embedding", "class_token", "scale"])
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        optimizer.build(model.trainable_variables)
+        classifier = None
+        if config.adapt == "dann":
+            classifier = adaptation.domain_classifier(
+                model.get_layer(adaptation.FEATURE_LAYER).output.shape[-1], seed=config.seed)
+        optimizer.build(_trained_variables(model, classifier))
         position = dict(
             epoch=tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
             step_in_epoch=tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch"),
@@ -557,7 +591,8 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
             # Wall time spent training, summed over restarts (for model cards).
             train_seconds=tf.Variable(0.0, dtype=tf.float64, trainable=False,
                                       name="train_seconds"))
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **position)
+    extra = {"domain_classifier": classifier} if classifier is not None else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra, **position)
     # Every worker restores from the chief's checkpoints, so the workdir must be storage
     # that all of them see.
     checkpoint_dir = os.path.join(workdir, "checkpoints")
@@ -577,7 +612,8 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
         checkpoint, checkpoint_dir if is_chief else scratch_dirs[0], max_to_keep=2)
 
     tb_dir = os.path.join(workdir, "tensorboard") if is_chief else scratch_dirs[1]
-    train_step, predict_fn = _step_functions(config, strategy, model, optimizer, precision, jit)
+    train_step, predict_fn = _step_functions(config, strategy, model, optimizer, precision, jit,
+                                             classifier)
     run = _Run(config=config, workdir=workdir, strategy=strategy, is_chief=is_chief, jit=jit,
                precision=precision, pipeline=pipeline, steps_per_epoch=steps_per_epoch,
                total_steps=total_steps, epochs=epochs, model=model, optimizer=optimizer,
@@ -585,7 +621,12 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
                resumed=bool(latest),
                train_writer=tf.summary.create_file_writer(os.path.join(tb_dir, "train")),
                val_writer=tf.summary.create_file_writer(os.path.join(tb_dir, "validation")),
-               train_step=train_step, predict_fn=predict_fn, scratch_dirs=scratch_dirs)
+               train_step=train_step, predict_fn=predict_fn, scratch_dirs=scratch_dirs,
+               target_pipeline=target_pipeline)
+    if config.adapt != "none":
+        logging.info("Adapting to the unlabelled images of %s (%d): %s", config.adapt_dataset,
+                     target_pipeline.num_examples("train"),
+                     adaptation.describe(config.adapt, config.adapt_weight))
     if is_chief and not run.resumed:
         _log_sample_inputs(run.train_writer, pipeline, config, config.train_split)
         _write_hparams(config, tb_dir)
@@ -611,25 +652,76 @@ def _check_workers_resume_together(strategy, epoch, step_in_epoch):
             "the chief's --workdir (shared storage) and be started with the same flags")
 
 
-def _step_functions(config, strategy, model, optimizer, precision, jit):
+def _trained_variables(model, classifier=None) -> list:
+    return list(model.trainable_variables) + (
+        list(classifier.trainable_variables) if classifier is not None else [])
+
+
+def _step_functions(config, strategy, model, optimizer, precision, jit, classifier=None):
     """(train_step, predict_fn): one distributed optimizer step on a global batch, returning
-    the loss summed over replicas; and the model's inference on one batch."""
+    {"loss": the task loss summed over replicas} (plus the domain loss and accuracy when
+    adapting); and the model's inference on one batch.
+
+    Adapting, the step takes the target-domain images and the share of training done too:
+    source and target images pass through the network as one batch, the task loss is
+    computed on the source half, and the domain term (`deeplense_tf.adaptation`) on the
+    pooled features of both halves."""
     global_batch = config.batch_size
+    variables = _trained_variables(model, classifier)
+    features_of = adaptation.feature_model(model) if config.adapt != "none" else None
+
+    def apply(tape, total):
+        scaled = optimizer.scale_loss(total) if precision == "mixed_float16" else total
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables))
 
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
             per_example = loss_per_example(config.loss, model, labels, outputs, config.huber_delta)
             loss = tf.reduce_sum(per_example) / global_batch
-            scaled = optimizer.scale_loss(loss) if precision == "mixed_float16" else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        apply(tape, loss)
+        return {"loss": loss}
 
-    @tf.function(jit_compile=jit)
-    def train_step(images, labels):
-        per_replica = strategy.run(replica_step, args=(images, labels))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    def adapt_replica_step(images, labels, target_images, progress):
+        n = tf.shape(images)[0]
+        replicas = tf.cast(strategy.num_replicas_in_sync, tf.float32)
+        weight = adaptation.adversarial_weight(progress, config.adapt_weight)
+        with tf.GradientTape() as tape:
+            outputs, features = features_of(tf.concat([images, target_images], 0),
+                                            training=True)
+            outputs = {k: v[:n] for k, v in outputs.items()}
+            per_example = loss_per_example(config.loss, model, labels, outputs, config.huber_delta)
+            loss = tf.reduce_sum(per_example) / global_batch
+            source, target = tf.cast(features[:n], tf.float32), tf.cast(features[n:], tf.float32)
+            if config.adapt == "dann":
+                per_domain, accuracy = adaptation.dann_loss(classifier, source, target, weight)
+                # The reversal scales the features' gradient by the weight; the classifier
+                # learns at full strength.
+                domain = tf.reduce_sum(per_domain) / (2 * global_batch)
+                total = loss + domain
+            else:
+                domain = adaptation.coral_distance(source, target) / replicas
+                total = loss + weight * domain
+        apply(tape, total)
+        out = {"loss": loss, "domain_loss": domain}
+        if config.adapt == "dann":  # the share of both batches the classifier tells apart
+            out["domain_accuracy"] = accuracy / replicas
+        return out
+
+    def reduce(per_replica):
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    if config.adapt == "none":
+        @tf.function(jit_compile=jit)
+        def train_step(images, labels):
+            return reduce(strategy.run(replica_step, args=(images, labels)))
+    else:
+        @tf.function(jit_compile=jit)
+        def train_step(images, labels, target_images, progress):
+            return reduce(strategy.run(adapt_replica_step,
+                                       args=(images, labels, target_images, progress)))
 
     return train_step, tf.function(lambda x: model(x, training=False), jit_compile=jit)
 
@@ -646,8 +738,13 @@ def _save_checkpoint(run: _Run, epoch: int, step_in_epoch: int):
 
 
 def _fetch_losses(run: _Run, pending, step: int, epoch: int) -> list:
-    """The losses of the steps dispatched since the last fetch (one host sync for all)."""
-    losses = [float(x) for x in pending]
+    """The losses of the steps dispatched since the last fetch (one host sync for all);
+    the domain terms of an adapted run go to `run.domain_window`."""
+    losses = [float(x["loss"]) for x in pending]
+    for x in pending:
+        for key in ("domain_loss", "domain_accuracy"):
+            if key in x:
+                run.domain_window.setdefault(key, []).append(float(x[key]))
     if not all(map(math.isfinite, losses)):
         raise TrainingError(
             f"non-finite training loss at step {step} (epoch {epoch}); nothing was saved from "
@@ -666,18 +763,30 @@ def _train_epoch(run: _Run, epoch: int, step: int, skip: int):
     config = run.config
     dataset = run.pipeline.train_epoch(config.batch_size, epoch, augment=config.augment,
                                        skip_batches=skip, split=config.train_split)
+    if run.target_pipeline is not None:
+        # Each epoch draws its target batches from a stream of its own (deterministic in
+        # the epoch, so a resumed epoch sees the same pairs).
+        targets = run.target_pipeline.unlabelled_batches(
+            config.batch_size, epoch * 1_000, run.steps_per_epoch - skip,
+            augment=config.augment, skip_batches=skip)
+        dataset = tf.data.Dataset.zip((dataset, targets)).map(
+            lambda source, target: (*source, target))
     dataset = run.strategy.experimental_distribute_dataset(dataset)
     first_step, started = step + 1, time.perf_counter()
     epoch_loss, epoch_steps = 0.0, 0
     window_loss, window_steps, window_start = 0.0, 0, started
-    pending = []
+    pending, epoch_domain = [], {}
     steps = max(0, min(run.steps_per_epoch - skip, run.total_steps - step))
     with console.Progress(total=steps, desc=f"epoch {epoch + 1}/{run.epochs}", unit="step",
                           log_summary=False) as bar:
-        for images, labels in dataset:
+        for batch in dataset:
             if step >= run.total_steps:
                 break
-            pending.append(run.train_step(images, labels))
+            if run.target_pipeline is not None:
+                progress = tf.constant(step / max(run.total_steps, 1), tf.float32)
+                pending.append(run.train_step(*batch, progress))
+            else:
+                pending.append(run.train_step(*batch))
             step += 1
             skip += 1
             bar.update()
@@ -694,6 +803,14 @@ def _train_epoch(run: _Run, epoch: int, step: int, skip: int):
                     tf.summary.scalar("loss", window_loss / window_steps)
                     tf.summary.scalar("learning_rate", float(run.schedule(step)))
                     tf.summary.scalar("images_per_second", images_per_s)
+                    for key, values in run.domain_window.items():
+                        tf.summary.scalar(f"adaptation/{key}", float(np.mean(values)))
+                    if run.domain_window:
+                        tf.summary.scalar("adaptation/weight", float(adaptation.adversarial_weight(
+                            step / max(run.total_steps, 1), config.adapt_weight)))
+                for key, values in run.domain_window.items():
+                    epoch_domain.setdefault(key, []).extend(values)
+                run.domain_window.clear()
                 bar.set_postfix(loss=window_loss / window_steps, images_per_s=round(images_per_s))
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
@@ -702,10 +819,14 @@ def _train_epoch(run: _Run, epoch: int, step: int, skip: int):
             losses = _fetch_losses(run, pending, step, epoch)
             epoch_loss += sum(losses)
             epoch_steps += len(losses)
+            for key, values in run.domain_window.items():
+                epoch_domain.setdefault(key, []).extend(values)
+            run.domain_window.clear()
     elapsed = time.perf_counter() - started
     return step, _EpochTraining(
         first_step=first_step, last_step=step, mean_loss=epoch_loss / max(epoch_steps, 1),
-        images_per_second=epoch_steps * config.batch_size / elapsed if epoch_steps else 0.0)
+        images_per_second=epoch_steps * config.batch_size / elapsed if epoch_steps else 0.0,
+        domain={key: float(np.mean(values)) for key, values in epoch_domain.items()})
 
 
 def _validate_and_checkpoint(run: _Run, epoch: int, step: int, trained: _EpochTraining):
@@ -723,8 +844,11 @@ def _validate_and_checkpoint(run: _Run, epoch: int, step: int, trained: _EpochTr
         raise TrainingError(f"non-finite validation loss after epoch {epoch}; the last good "
                             f"checkpoint is {run.last_good_checkpoint()}")
     improved = metrics["loss"] < float(run.best_loss.numpy())
+    # An adapted run has no target label to choose an epoch by: it keeps its last.
+    keep = improved or config.adapt != "none"
     if improved:
         run.best_loss.assign(metrics["loss"])
+    if keep:
         run.best_epoch.assign(epoch)
         if run.is_chief:
             save_model_atomic(run.model, os.path.join(run.workdir, "best.keras"))
@@ -755,7 +879,9 @@ def _finish(run: _Run, step: int) -> dict:
                "strategy": run.config.strategy, "replicas": run.strategy.num_replicas_in_sync,
                "jit_compile": run.jit, "precision": run.precision,
                "steps_per_epoch": run.steps_per_epoch,
-               "train_seconds": round(float(run.train_seconds.numpy()), 1), "machine": machine()}
+               "train_seconds": round(float(run.train_seconds.numpy()), 1), "machine": machine(),
+               "model_selection": ("best validation loss" if run.config.adapt == "none" else
+                                   "last epoch (adapted: no target labels to select by)")}
     if run.is_chief:
         best_path = os.path.join(run.workdir, "best.keras")
         final_path = os.path.join(run.workdir, "model.keras")
