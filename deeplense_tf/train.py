@@ -74,6 +74,10 @@ def define_flags(flag_values=flags.FLAGS):
                         "and target scaling are kept; its calibration and OOD score are not.", **fv)
     flags.DEFINE_enum("freeze", _DEFAULTS.freeze, list(transfer.FREEZE),
                       "With --init_from: 'backbone' trains only the head.", **fv)
+    flags.DEFINE_enum("init_scope", _DEFAULTS.init_scope, list(transfer.INIT_SCOPES),
+                      "With --init_from: 'all' copies every weight (same targets); 'backbone' "
+                      "copies the normalization and backbone and starts a new head for this "
+                      "run's --targets.", **fv)
     flags.DEFINE_enum("adapt", _DEFAULTS.adapt, list(adaptation.METHODS),
                       "Unsupervised domain adaptation to the images of --adapt_dataset: 'dann' "
                       "(domain-adversarial) or 'coral' (feature statistics).", **fv)

@@ -94,6 +94,7 @@ class TrainConfig:
     # path) instead of random weights; optionally with its backbone frozen.
     init_from: str = ""
     freeze: str = "none"
+    init_scope: str = "all"  # "backbone": new targets from the parent's backbone, new head
     # Unsupervised domain adaptation (`deeplense_tf.adaptation`): align the features of the
     # training images with those of the unlabelled images of `adapt_dataset`.
     adapt: str = "none"
@@ -130,6 +131,9 @@ class TrainConfig:
         if self.train_examples < 0:
             raise ValueError(f"--train_examples: must be >= 0, got {self.train_examples}")
         choice("freeze", transfer.FREEZE)
+        choice("init_scope", transfer.INIT_SCOPES)
+        if self.init_scope != "all" and not self.init_from:
+            raise ValueError(f"--init_scope={self.init_scope} needs --init_from")
         choice("adapt", adaptation.METHODS)
         if self.adapt != "none" and not self.adapt_dataset:
             raise ValueError(f"--adapt={self.adapt} needs --adapt_dataset (the unlabelled "
@@ -378,17 +382,22 @@ def validation_metrics(config, model, labels, outputs) -> dict:
 # -------------------------------------------------------------------------- training
 
 
-def _statistics(pipeline, split, workdir, is_chief, parent=None):
+def _statistics(pipeline, split, workdir, is_chief, parent=None, scope="all"):
     """Training-split statistics, computed once and kept in the workdir for restarts.
 
     A fine-tuned model keeps its parent's normalization and target scaling: built with the
-    new data's own statistics it would no longer compute the parent's function."""
+    new data's own statistics it would no longer compute the parent's function. Started
+    from the parent's backbone only (`scope="backbone"`), it keeps the normalization its
+    backbone expects and scales its new targets by the data's own statistics."""
     path = os.path.join(workdir, "statistics.json")
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
         return input_pipeline.Statistics(**stored)
-    if parent is not None:
+    if parent is not None and scope == "backbone":
+        stats = transfer.parent_statistics(parent, pipeline.num_examples(split),
+                                           own=pipeline.statistics(split))
+    elif parent is not None:
         stats = transfer.parent_statistics(parent, pipeline.num_examples(split))
     else:
         stats = pipeline.statistics(split)
@@ -531,7 +540,8 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
     parent = None
     if config.init_from:  # refused before anything is written if it cannot start this run
         parent = transfer.describe_parent(config.init_from)
-        transfer.check_compatible(parent, pipeline.image_shape, config.dataset, config.targets)
+        transfer.check_compatible(parent, pipeline.image_shape, config.dataset, config.targets,
+                                  scope=config.init_scope)
     _check_restart(config, workdir, is_chief)
     if is_chief:
         write_flagfile(config, workdir, parent)
@@ -549,7 +559,8 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
             raise ValueError(f"--adapt_dataset={config.adapt_dataset}: its train split has "
                              f"{target_pipeline.num_examples('train')} images, fewer than "
                              f"--batch_size={config.batch_size}")
-    stats = _statistics(pipeline, config.train_split, workdir, is_chief, parent)
+    stats = _statistics(pipeline, config.train_split, workdir, is_chief, parent,
+                        config.init_scope)
     steps_per_epoch = n_train // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"--batch_size={config.batch_size} exceeds the {n_train} training "
@@ -561,7 +572,7 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
     with strategy.scope():
         model = build_model(config, stats, pipeline.image_shape)
         if parent is not None:
-            copied = transfer.transfer_weights(parent, model)
+            copied = transfer.transfer_weights(parent, model, scope=config.init_scope)
             trainable = transfer.freeze(model, config.freeze)
             logging.info("Initialized from %s (%s): %d weights copied; %d trainable weights "
                          "(--freeze=%s)", config.init_from, parent.sha256[:12], copied,

@@ -17,6 +17,12 @@ a survey's own simulations) keeps what the parent learned. Here:
   `ood` on the new one);
 - `freeze` makes the backbone (or everything before the head) untrainable, for the
   smallest sets.
+
+`--init_scope=backbone` starts a run for other targets from a parent's image
+normalization and backbone (what it learned to see in lensing images of that instrument),
+with a new head and the new targets' scaling: e.g. a subhalo-abundance model started
+from the shipped axion model of the same instrument. Image shape and instrument must
+still match.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ import os
 from deeplense_tf.pretrained import file_sha256
 
 FREEZE = ("none", "backbone")
+INIT_SCOPES = ("all", "backbone")
+# What `init_scope="backbone"` leaves to the new run: the head and the target scaling.
+_HEAD_LAYERS = ("head_dense", "regression_output")
 # Layers of the parent that describe its own domain, not the network's knowledge.
 _DOMAIN_LAYERS = ("ood_score",)
 
@@ -102,8 +111,9 @@ def describe_parent(reference: str, flag: str = "--init_from") -> Parent:
 
 
 def check_compatible(parent: Parent, image_shape, dataset: str, targets,
-                     flag: str = "--init_from") -> None:
-    """Refuses a parent that cannot start this run, naming what differs."""
+                     flag: str = "--init_from", scope: str = "all") -> None:
+    """Refuses a parent that cannot start this run, naming what differs (with
+    scope="backbone" the targets may differ: the head is new)."""
     image_shape = tuple(int(d) for d in image_shape)
     if parent.image_shape != image_shape:
         raise ValueError(f"{flag}={parent.reference}: the model takes images of shape "
@@ -112,34 +122,42 @@ def check_compatible(parent: Parent, image_shape, dataset: str, targets,
     if parent.instrument and instrument and parent.instrument != instrument:
         raise ValueError(f"{flag}={parent.reference}: the model was trained on {parent.instrument!r} "
                          f"images, the data set {dataset} holds {instrument!r} images")
-    if list(parent.targets) != list(targets):
+    if scope == "all" and list(parent.targets) != list(targets):
         raise ValueError(f"{flag}={parent.reference}: the model predicts {parent.targets}, this "
-                         f"run's --targets are {list(targets)}")
+                         f"run's --targets are {list(targets)} (--init_scope=backbone starts "
+                         "new targets from its backbone with a new head)")
 
 
-def parent_statistics(parent: Parent, num_examples: int):
-    """The parent's normalization and target scaling, as `input_pipeline.Statistics`."""
+def parent_statistics(parent: Parent, num_examples: int, own=None):
+    """The parent's normalization and target scaling, as `input_pipeline.Statistics`;
+    given `own` (the new data's statistics), the parent's normalization with `own`'s
+    target scaling (`init_scope="backbone"`)."""
     from deeplense_tf import input_pipeline
 
     norm = parent.model.get_layer("image_normalization").get_config()
     out = parent.model.get_layer("regression_output").get_config()
     return input_pipeline.Statistics(
-        target_mean=[float(v) for v in out["target_mean"]],
-        target_std=[float(v) for v in out["target_std"]],
+        target_mean=[float(v) for v in (own.target_mean if own else out["target_mean"])],
+        target_std=[float(v) for v in (own.target_std if own else out["target_std"])],
         pixel_mean=float(norm["pixel_mean"]), pixel_std=float(norm["pixel_std"]),
         pixel_noise=float(norm["asinh_scale"]), num_examples=num_examples)
 
 
-def transfer_weights(parent: Parent, model, flag: str = "--init_from") -> int:
-    """Copies every weight of `model` from the parent's weight of the same path and shape.
+def transfer_weights(parent: Parent, model, flag: str = "--init_from", scope: str = "all") -> int:
+    """Copies every weight of `model` from the parent's weight of the same path and shape
+    (scope="backbone": all but the head's, which keep their initialization: the prior).
 
     Returns how many were copied. Refuses if any weight of `model` has no counterpart,
     i.e. the new run's --model/--variant/--model_overrides build another network.
     """
+    if scope not in INIT_SCOPES:
+        raise ValueError(f"--init_scope={scope}: expected one of {list(INIT_SCOPES)}")
     source = {w.path: w for w in parent.model.weights
               if w.path.split("/")[0] not in _DOMAIN_LAYERS}
+    wanted = [w for w in model.weights
+              if scope == "all" or w.path.split("/")[0] not in _HEAD_LAYERS]
     missing, mismatched = [], []
-    for weight in model.weights:
+    for weight in wanted:
         match = source.get(weight.path)
         if match is None:
             missing.append(weight.path)
@@ -152,9 +170,9 @@ def transfer_weights(parent: Parent, model, flag: str = "--init_from") -> int:
         raise ValueError(f"{flag}={parent.reference}: the network built from this run's --model/"
                          f"--variant/--model_overrides is not the parent's: {details}. Train with "
                          "the parent's flagfile (its model card lists it) plus --init_from")
-    for weight in model.weights:
+    for weight in wanted:
         weight.assign(source[weight.path])
-    return len(model.weights)
+    return len(wanted)
 
 
 def freeze(model, what: str) -> int:

@@ -96,3 +96,34 @@ def test_a_shipped_model_is_a_parent_by_name():
     parent = transfer.describe_parent(f"pretrained:{name}")
     assert parent.shipped_name == name and parent.instrument == "euclid"
     assert parent.dataset == pretrained.info(name)["dataset"]
+
+
+def test_new_targets_start_from_the_parents_backbone_with_a_new_head(tiny_data, parent_run,
+                                                                      tmp_path):
+    """--init_scope=backbone: the parent's normalization and backbone, copied exactly; a
+    head at the prior of the new targets, scaled by the new data's statistics."""
+    import keras
+
+    from deeplense_tf import input_pipeline
+
+    config = _config(tiny_data, init_from=parent_run, init_scope="backbone",
+                     targets=["theta_e", "log10_m_axion"], train_steps=1, learning_rate=1e-9,
+                     weight_decay=0.0)
+    training.train_and_evaluate(config, str(tmp_path))
+    parent = transfer.describe_parent(parent_run).model
+    child = keras.saving.load_model(str(tmp_path / "model.keras"), compile=False)
+    before = {w.path: np.asarray(w) for w in parent.weights}
+    # Trainable weights moved by at most the 1e-9 learning rate (moving statistics of
+    # normalization layers do move in a training step).
+    copied = child.get_layer("backbone").trainable_weights
+    assert copied
+    for w in copied:
+        np.testing.assert_allclose(np.asarray(w), before[w.path], atol=1e-6)
+    assert child.get_layer("image_normalization").get_config()["asinh_scale"] == \
+        parent.get_layer("image_normalization").get_config()["asinh_scale"]
+    out = child.get_layer("regression_output")
+    own = input_pipeline.Pipeline(tiny_data, DATASET, ["theta_e", "log10_m_axion"]).statistics()
+    np.testing.assert_allclose(out.target_mean, own.target_mean, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(child.get_layer("head_dense").kernel), 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"--init_scope=backbone needs --init_from"):
+        _config(tiny_data, init_scope="backbone").validate()
