@@ -29,6 +29,16 @@ PLATEAU_NOTE = {
         "the image carries almost no information about m_a (noise-free Delta chi^2 < 5 "
         "against the m_a -> infinity limit, all of the vortex mass at the centre): "
         "predictions flatten there. The binned table shows where."),
+    "log10_sigma_sub": (
+        "Learned from point-mass subhalos, the limit in which Sigma_sub is visible at Euclid "
+        "resolution: truncated-NFW subhalos of the same masses (`euclid_cdm`) leave a weaker "
+        "imprint, and a model of this recipe is out of its domain on them "
+        "(docs/dark_matter.md)."),
+    "shmf_slope": (
+        "One Euclid image constrains the mass-function slope only weakly (R^2 in the table "
+        "above): per-lens answers stay near the prior's centre and the value of the "
+        "prediction is in its covariance with Sigma_sub and in populations of lenses "
+        "(`python -m deeplense_tf.population`)."),
 }
 
 
@@ -127,6 +137,8 @@ def update_shipped(name: str, model_path: str, evaluation: str, *,
     meta.update(size_mb=round(size / 2**20, 2), test=_test_section(metrics),
                 num_test_examples=metrics["num_examples"], outputs=sorted(model.output),
                 **_extras(calibration_report, ood_report))
+    if "joint" in metrics:
+        meta["joint"] = metrics["joint"]
     meta["targets"] = models.target_names(model)
     _write_card(meta, flagfile, metrics, output_dir)
     pretrained.load.cache_clear()
@@ -201,10 +213,14 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
         "train_seconds": summary.get("train_seconds"), "machine": summary.get("machine"),
         "steps": summary["steps"], "best_epoch": summary["best_epoch"],
         "test": _test_section(metrics),
+        **({"joint": metrics["joint"]} if "joint" in metrics else {}),
         "num_test_examples": metrics["num_examples"],
         "outputs": sorted(model.output),
         **_extras(calibration_report, ood_report),
     }
+    parent = os.path.join(workdir, "parent.json")
+    if os.path.exists(parent):  # a fine-tuned run (train --init_from)
+        meta["parent"] = _read_json(parent)
     _write_card(meta, flagfile, metrics, output_dir)
     return meta
 
@@ -225,6 +241,10 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
         "", "## Training", "",
         f"- {meta['steps']} steps, best validation loss at epoch {meta['best_epoch']} (the "
         f"weights shipped), {hours:.2f} h on {meta['machine']}.",
+        *([f"- Started from `{meta['parent'].get('shipped_name') or meta['parent']['file']}` "
+           f"(sha256 {meta['parent']['sha256'][:12]}..., trained on "
+           f"`{meta['parent']['dataset']}`); the time above is this run's alone."]
+          if "parent" in meta else []),
         "- Flags (replay with `python -m deeplense_tf.train --flagfile=<this block> "
         "--data_dir=DATA --workdir=RUN`):", "", "```", flagfile.strip(), "```", "",
         f"## Test metrics ({meta['num_test_examples']} examples, the whole test split)", "",
@@ -247,6 +267,15 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
                          f"{g['max_calibration_deviation']:.3f}"
                          if "max_calibration_deviation" in g else "")
                       + f"; mean NLL of the head's Gaussian {g['nll']:.3f}.", ""]
+    if "joint" in meta:
+        j = meta["joint"]
+        lines += [f"Joint uncertainty ({', '.join(j['targets'])}, the full covariance): the "
+                  f"truth lies inside the predicted 68% ellipse for {j['coverage_68']:.3f} of the "
+                  f"test lenses and inside the 95% one for {j['coverage_95']:.3f}; mean joint "
+                  f"NLL {j['nll']:.3f}. Predicted correlations against those of the errors: "
+                  + "; ".join(f"{pair.replace('__', ' and ')} {c['predicted_median']:+.2f} "
+                              f"(median) against {c['of_the_errors']:+.2f}"
+                              for pair, c in j["correlations"].items()) + ".", ""]
     for target, r in meta["test"].items():
         if "floor" in r:
             f = r["floor"]
