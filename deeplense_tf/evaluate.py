@@ -324,7 +324,13 @@ def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool 
             results["targets"][name]["reference"] = reference_comparison(
                 reference, dataset, split, name, labels[name], outputs[name],
                 None if tta_outputs is None else tta_outputs[name])
-    joint = joint_metrics(labels, outputs, targets)
+    # The joint ellipses are the head's own Gaussian: a stored interval calibration widens
+    # each marginal `_std` to its 68% half-width, which is not a covariance; undone here.
+    head = dict(outputs)
+    for name in targets:
+        if name + "_std" in outputs:
+            head[name + "_std"] = calibration.raw_sigma(model, outputs, name)
+    joint = joint_metrics(labels, head, targets)
     if joint is not None:
         results["joint"] = joint
     results["_arrays"] = {"labels": labels, "outputs": outputs, "tta_outputs": tta_outputs}
@@ -487,7 +493,9 @@ def write_report(results: dict, output_dir: str, model_path: str = "") -> dict:
     if "joint" in results:
         j = results["joint"]
         lines += ["## Joint (full covariance)", "",
-                  f"Targets {', '.join(j['targets'])}: the truth lies inside the predicted 68% "
+                  f"Targets {', '.join(j['targets'])} (the head's own covariance; a stored "
+                  "interval calibration of the marginals is not applied to it): the truth lies "
+                  "inside the predicted 68% "
                   f"ellipsoid for {j['coverage_68']:.3f} of the {j['count']} examples and inside "
                   f"the 95% one for {j['coverage_95']:.3f}; mean joint NLL {j['nll']:.3f}.", "",
                   "| pair | predicted correlation (median) | correlation of the errors |",

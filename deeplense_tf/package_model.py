@@ -269,7 +269,9 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
                       + f"; mean NLL of the head's Gaussian {g['nll']:.3f}.", ""]
     if "joint" in meta:
         j = meta["joint"]
-        lines += [f"Joint uncertainty ({', '.join(j['targets'])}, the full covariance): the "
+        lines += [f"Joint uncertainty ({', '.join(j['targets'])}, the head's full covariance, "
+                  "before the marginal interval calibration: its sigmas are `_std / k(0.68)` "
+                  "with k below): the "
                   f"truth lies inside the predicted 68% ellipse for {j['coverage_68']:.3f} of the "
                   f"test lenses and inside the 95% one for {j['coverage_95']:.3f}; mean joint "
                   f"NLL {j['nll']:.3f}. Predicted correlations against those of the errors: "

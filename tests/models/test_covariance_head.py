@@ -102,6 +102,17 @@ def test_training_and_evaluating_a_joint_head(tiny_data, tmp_path):
     assert "Joint (full covariance)" in (tmp_path / "report" / "report.md").read_text()
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert 0.0 <= saved["joint"]["coverage_95"] <= 1.0
+    # An interval calibration widens the marginal `_std` outputs; the joint ellipses stay
+    # the head's own Gaussian (the calibration is undone for them).
+    from deeplense_tf import calibration
+
+    tables = {t: {"levels": [0.5, calibration.ONE_SIGMA_LEVEL, 0.95],
+                  "half_widths": [1.5, 3.0, 6.0]} for t in ("log10_m_axion", "theta_e")}
+    widened = calibration.with_calibration(model, tables)
+    again = evaluate.evaluate(widened, tiny_data, "deeplense_lensing/euclid_axion_tiny")
+    assert again["joint"]["nll"] == pytest.approx(results["joint"]["nll"], rel=1e-5)
+    assert again["targets"]["theta_e"]["gaussian"]["coverage_68"] >= \
+        results["targets"]["theta_e"]["gaussian"]["coverage_68"]
     # SavedModel and predict tables carry the correlation, named.
     from deeplense_tf import export, predict
 
