@@ -542,15 +542,8 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
         parent = transfer.describe_parent(config.init_from)
         transfer.check_compatible(parent, pipeline.image_shape, config.dataset, config.targets,
                                   scope=config.init_scope)
-    _check_restart(config, workdir, is_chief)
-    if is_chief:
-        write_flagfile(config, workdir, parent)
-    n_train = pipeline.num_examples(config.train_split)
-    if config.train_examples > n_train:
-        raise ValueError(f"--train_examples={config.train_examples} exceeds the {n_train} "
-                         "training examples")
     target_pipeline = None
-    if config.adapt != "none":  # refused before anything is trained
+    if config.adapt != "none":  # refused before anything is written
         target_pipeline = input_pipeline.Pipeline(config.data_dir, config.adapt_dataset, (),
                                                   seed=config.seed, cache=cache)
         adaptation.check_target_dataset(config.dataset, pipeline.image_shape,
@@ -559,6 +552,13 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
             raise ValueError(f"--adapt_dataset={config.adapt_dataset}: its train split has "
                              f"{target_pipeline.num_examples('train')} images, fewer than "
                              f"--batch_size={config.batch_size}")
+    _check_restart(config, workdir, is_chief)
+    if is_chief:
+        write_flagfile(config, workdir, parent)
+    n_train = pipeline.num_examples(config.train_split)
+    if config.train_examples > n_train:
+        raise ValueError(f"--train_examples={config.train_examples} exceeds the {n_train} "
+                         "training examples")
     stats = _statistics(pipeline, config.train_split, workdir, is_chief, parent,
                         config.init_scope)
     steps_per_epoch = n_train // config.batch_size

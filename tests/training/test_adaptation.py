@@ -168,7 +168,7 @@ def test_a_target_it_cannot_adapt_to_is_refused_before_any_work(adapt_data, tmp_
     with pytest.raises(ValueError, match="is the training data set itself"):
         training.train_and_evaluate(_config(adapt_data, adapt="dann", adapt_dataset=SOURCE),
                                     str(tmp_path / "same"))
-    assert not (tmp_path / "same" / "checkpoints").exists()
+    assert not (tmp_path / "same" / "flags.cfg").exists()
     with pytest.raises(ValueError, match=r"images of shape \(150, 150, 1\), but the training "
                                          r"images are \(64, 64, 1\)"):
         adaptation.check_target_dataset(SOURCE, (64, 64, 1), "deeplense_lensing/hst_cdm",
