@@ -69,6 +69,11 @@ def _test_section(metrics: dict) -> dict:
     return out
 
 
+def _joint(metrics: dict) -> dict:
+    """A full-covariance model's joint calibration, as its evaluation measured it."""
+    return {"joint": metrics["joint"]} if "joint" in metrics else {}
+
+
 def _extras(calibration_report: str | None, ood_report: str | None) -> dict:
     extras = {}
     if calibration_report:
@@ -136,9 +141,7 @@ def update_shipped(name: str, model_path: str, evaluation: str, *,
     size = _save_model(model, output_dir, name)
     meta.update(size_mb=round(size / 2**20, 2), test=_test_section(metrics),
                 num_test_examples=metrics["num_examples"], outputs=sorted(model.output),
-                **_extras(calibration_report, ood_report))
-    if "joint" in metrics:
-        meta["joint"] = metrics["joint"]
+                **_extras(calibration_report, ood_report), **_joint(metrics))
     meta["targets"] = models.target_names(model)
     _write_card(meta, flagfile, metrics, output_dir)
     pretrained.load.cache_clear()
@@ -213,7 +216,7 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
         "train_seconds": summary.get("train_seconds"), "machine": summary.get("machine"),
         "steps": summary["steps"], "best_epoch": summary["best_epoch"],
         "test": _test_section(metrics),
-        **({"joint": metrics["joint"]} if "joint" in metrics else {}),
+        **_joint(metrics),
         "num_test_examples": metrics["num_examples"],
         "outputs": sorted(model.output),
         **_extras(calibration_report, ood_report),

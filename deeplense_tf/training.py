@@ -490,8 +490,6 @@ class _Run:
     target_pipeline: object = None  # the unlabelled images of --adapt_dataset
     # The time up to which `train_seconds` has been counted.
     clock: float = dataclasses.field(default_factory=time.perf_counter)
-    # An adapted run's domain loss and accuracy per step since the last TensorBoard write.
-    domain_window: dict = dataclasses.field(default_factory=dict)
 
     def last_good_checkpoint(self):
         return tf.train.latest_checkpoint(self.checkpoint_dir)
@@ -704,7 +702,7 @@ def _step_functions(config, strategy, model, optimizer, precision, jit, classifi
             outputs = {k: v[:n] for k, v in outputs.items()}
             per_example = loss_per_example(config.loss, model, labels, outputs, config.huber_delta)
             loss = tf.reduce_sum(per_example) / global_batch
-            source, target = tf.cast(features[:n], tf.float32), tf.cast(features[n:], tf.float32)
+            source, target = features[:n], features[n:]  # cast to float32 by the terms
             if config.adapt == "dann":
                 per_domain, accuracy = adaptation.dann_loss(classifier, source, target, weight)
                 # The reversal scales the features' gradient by the weight; the classifier
@@ -748,20 +746,17 @@ def _save_checkpoint(run: _Run, epoch: int, step_in_epoch: int):
     run.manager.save(checkpoint_number=int(run.optimizer.iterations.numpy()))
 
 
-def _fetch_losses(run: _Run, pending, step: int, epoch: int) -> list:
-    """The losses of the steps dispatched since the last fetch (one host sync for all);
-    the domain terms of an adapted run go to `run.domain_window`."""
+def _fetch_losses(run: _Run, pending, step: int, epoch: int) -> tuple[list, dict]:
+    """The losses of the steps dispatched since the last fetch (one host sync for all),
+    and an adapted run's domain terms ({name: values}, empty otherwise)."""
     losses = [float(x["loss"]) for x in pending]
-    for x in pending:
-        for key in ("domain_loss", "domain_accuracy"):
-            if key in x:
-                run.domain_window.setdefault(key, []).append(float(x[key]))
+    domain = {key: [float(x[key]) for x in pending] for key in pending[0] if key != "loss"}
     if not all(map(math.isfinite, losses)):
         raise TrainingError(
             f"non-finite training loss at step {step} (epoch {epoch}); nothing was saved from "
             f"it. The last good checkpoint is {run.last_good_checkpoint()}. Lower "
             "--learning_rate or check the data.")
-    return losses
+    return losses, domain
 
 
 def _train_epoch(run: _Run, epoch: int, step: int, skip: int):
@@ -802,7 +797,7 @@ def _train_epoch(run: _Run, epoch: int, step: int, skip: int):
             skip += 1
             bar.update()
             if step % config.log_every_steps == 0 or skip == run.steps_per_epoch:
-                losses = _fetch_losses(run, pending, step, epoch)
+                losses, domain = _fetch_losses(run, pending, step, epoch)
                 pending = []
                 epoch_loss += sum(losses)
                 epoch_steps += len(losses)
@@ -814,25 +809,23 @@ def _train_epoch(run: _Run, epoch: int, step: int, skip: int):
                     tf.summary.scalar("loss", window_loss / window_steps)
                     tf.summary.scalar("learning_rate", float(run.schedule(step)))
                     tf.summary.scalar("images_per_second", images_per_s)
-                    for key, values in run.domain_window.items():
+                    for key, values in domain.items():
                         tf.summary.scalar(f"adaptation/{key}", float(np.mean(values)))
-                    if run.domain_window:
+                    if domain:
                         tf.summary.scalar("adaptation/weight", float(adaptation.adversarial_weight(
                             step / max(run.total_steps, 1), config.adapt_weight)))
-                for key, values in run.domain_window.items():
+                for key, values in domain.items():
                     epoch_domain.setdefault(key, []).extend(values)
-                run.domain_window.clear()
                 bar.set_postfix(loss=window_loss / window_steps, images_per_s=round(images_per_s))
                 window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
                 _save_checkpoint(run, epoch, skip)
         if pending:  # stopped at total_steps between two fetches
-            losses = _fetch_losses(run, pending, step, epoch)
+            losses, domain = _fetch_losses(run, pending, step, epoch)
             epoch_loss += sum(losses)
             epoch_steps += len(losses)
-            for key, values in run.domain_window.items():
+            for key, values in domain.items():
                 epoch_domain.setdefault(key, []).extend(values)
-            run.domain_window.clear()
     elapsed = time.perf_counter() - started
     return step, _EpochTraining(
         first_step=first_step, last_step=step, mean_loss=epoch_loss / max(epoch_steps, 1),

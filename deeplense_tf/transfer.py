@@ -137,8 +137,8 @@ def parent_statistics(parent: Parent, num_examples: int, own=None):
     norm = parent.model.get_layer("image_normalization").get_config()
     out = parent.model.get_layer("regression_output").get_config()
     return input_pipeline.Statistics(
-        target_mean=[float(v) for v in (own.target_mean if own else out["target_mean"])],
-        target_std=[float(v) for v in (own.target_std if own else out["target_std"])],
+        target_mean=[float(v) for v in (out["target_mean"] if own is None else own.target_mean)],
+        target_std=[float(v) for v in (out["target_std"] if own is None else own.target_std)],
         pixel_mean=float(norm["pixel_mean"]), pixel_std=float(norm["pixel_std"]),
         pixel_noise=float(norm["asinh_scale"]), num_examples=num_examples)
 
