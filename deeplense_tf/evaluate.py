@@ -299,6 +299,12 @@ def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool 
         if oriented:
             raise ValueError(f"--tta: targets {oriented} change under rotation; averaging "
                              "rotated predictions would be wrong")
+        from deeplense_tf.models import twin
+
+        if twin.macro_twin_recipe(model):
+            raise ValueError(f"--tta: the model subtracts the {twin.macro_twin_recipe(model)!r} "
+                             "macro-model twin in the simulator's orientation; rotated images "
+                             "do not match it (evaluate without --tta)")
     from deeplense_tf import calibration
 
     means, _ = models.target_scaling(model)

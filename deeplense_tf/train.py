@@ -86,6 +86,10 @@ def define_flags(flag_values=flags.FLAGS):
                         "images are read, never its labels.", **fv)
     flags.DEFINE_float("adapt_weight", _DEFAULTS.adapt_weight,
                        "Largest weight of the domain term (reached by a ramp over training).", **fv)
+    flags.DEFINE_bool("macro_twin", _DEFAULTS.macro_twin,
+                      "Feed the network each image and its residual from the recipe's "
+                      "macro-model twin (fixed-lens recipes: model_ii_axion, model_iii_axion; "
+                      "needs --noaugment).", **fv)
     flags.DEFINE_enum("cache", _DEFAULTS.cache, list(training.CACHE),
                       "Cache decoded data in memory (auto: if it fits in 40% of free memory).", **fv)
 

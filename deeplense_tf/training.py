@@ -100,6 +100,9 @@ class TrainConfig:
     adapt: str = "none"
     adapt_dataset: str = ""
     adapt_weight: float = 0.1
+    # The network reads each image beside its residual from the fixed-lens recipe's
+    # macro-model twin (`models.twin`); fixed-lens recipes only, no dihedral augmentation.
+    macro_twin: bool = False
 
     def validate(self):
         def choice(field, accepted):
@@ -145,7 +148,31 @@ class TrainConfig:
             raise ValueError(f"--adapt_weight: must be positive, got {self.adapt_weight}")
         if self.freeze != "none" and not self.init_from:
             raise ValueError(f"--freeze={self.freeze} needs --init_from (a trained model to keep)")
+        if self.macro_twin:
+            if self.augment:
+                raise ValueError("--macro_twin: the twin is the lens in the simulator's "
+                                 "orientation, which flips and rotations change; add "
+                                 "--noaugment")
+            if self.init_from:
+                raise ValueError("--macro_twin starts a new network on the image and its "
+                                 "residual; it cannot start from --init_from")
+            from deeplense_tf.reference import vortex as vortex_lib
+            from deeplense_tf.simulation import recipes
+
+            recipe = self.macro_twin_recipe
+            try:
+                vortex_lib.nuisance_check(recipes.get(recipe))
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"--macro_twin: data set {self.dataset!r} (recipe {recipe!r}) "
+                                 f"has no fixed macro model to subtract: {e}") from None
         return self
+
+    @property
+    def macro_twin_recipe(self) -> str:
+        """The recipe of `dataset` (`deeplense_lensing/CONFIG[:VERSION]`)."""
+        from deeplense_tf.reference.runner import recipe_of_config
+
+        return recipe_of_config(self.dataset.split("/")[-1].split(":")[0])
 
     @property
     def train_split(self) -> str:
@@ -432,7 +459,9 @@ def build_model(config: TrainConfig, stats: input_pipeline.Statistics, image_sha
         normalization=config.normalization, pixel_mean=stats.pixel_mean,
         pixel_std=stats.pixel_std, asinh_scale=max(stats.pixel_noise, 1e-12),
         target_mean=stats.target_mean, target_std=stats.target_std,
-        variant=config.variant or None, dropout=config.dropout, **config.model_overrides)
+        variant=config.variant or None, dropout=config.dropout,
+        macro_twin=config.macro_twin_recipe if config.macro_twin else None,
+        **config.model_overrides)
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str) -> dict:

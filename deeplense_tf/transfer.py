@@ -122,6 +122,12 @@ def check_compatible(parent: Parent, image_shape, dataset: str, targets,
     if parent.instrument and instrument and parent.instrument != instrument:
         raise ValueError(f"{flag}={parent.reference}: the model was trained on {parent.instrument!r} "
                          f"images, the data set {dataset} holds {instrument!r} images")
+    from deeplense_tf.models import twin
+
+    if twin.macro_twin_recipe(parent.model):
+        raise ValueError(f"{flag}={parent.reference}: the model reads each image beside its "
+                         f"{twin.macro_twin_recipe(parent.model)!r} macro-model residual; a "
+                         "run cannot start from it")
     if scope == "all" and list(parent.targets) != list(targets):
         raise ValueError(f"{flag}={parent.reference}: the model predicts {parent.targets}, this "
                          f"run's --targets are {list(targets)} (--init_scope=backbone starts "

@@ -7,7 +7,8 @@
 
 Contract (relied on by training, export and serving):
   - one float32 input `image`, (batch, H, W, C) raw pixel values; the first layer
-    (`image_normalization`) normalizes them;
+    (`image_normalization`) normalizes them, after the optional `macro_twin`
+    (`twin.MacroTwinResidual`: the image beside its macro-model residual);
   - a dict output of float32 (batch,) tensors in physical units, one key per target and,
     for the Gaussian head, `<target>_std` (1-sigma, positive);
   - the training-split target statistics live in the `regression_output` layer:
@@ -22,13 +23,15 @@ from deeplense_tf.models.cost import ModelCost, count_params_and_flops
 from deeplense_tf.models.ood import OODScore
 from deeplense_tf.models.layers import (HEADS, NORMALIZATION_MODES, ImageNormalization,
                                         PositionEmbedding, RegressionOutput)
+from deeplense_tf.models.twin import MacroTwinResidual
 from deeplense_tf.models.registry import (build_backbone, default_variant, list_models,
                                           resolve, variants)
 from deeplense_tf.models.regressor import (apply_head, build_regressor, standardize,
                                            target_names, target_scaling)
 
 __all__ = [
-    "HEADS", "NORMALIZATION_MODES", "ImageNormalization", "ModelCost", "OODScore",
+    "HEADS", "MacroTwinResidual", "NORMALIZATION_MODES", "ImageNormalization", "ModelCost",
+    "OODScore",
     "PositionEmbedding",
     "RegressionOutput", "apply_head", "build_backbone", "build_regressor",
     "count_params_and_flops", "default_variant", "list_models", "resolve", "standardize",

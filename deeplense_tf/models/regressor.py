@@ -1,7 +1,8 @@
 """Regressor = image normalization -> backbone -> generic head -> target de-scaling.
 
 Layer names a training loop or exporter may rely on:
-  `image` (the input), `image_normalization`, `backbone` (a nested functional model),
+  `image` (the input), `macro_twin` (optional: the image and its macro-model residual),
+  `image_normalization`, `backbone` (a nested functional model),
   `head_pool`, `head_dropout`, `head_dense` (standardized outputs: K columns `z`, then,
   for the Gaussian head, K raw log-variances), `regression_output` (de-scaling to
   physical units; carries the target names and the training-split mean and std).
@@ -13,6 +14,7 @@ from keras import ops
 
 from deeplense_tf.models import registry
 from deeplense_tf.models.layers import STD_SUFFIX, ImageNormalization, RegressionOutput
+from deeplense_tf.models.twin import MacroTwinResidual
 
 OUTPUT_LAYER = "regression_output"
 
@@ -20,7 +22,7 @@ OUTPUT_LAYER = "regression_output"
 def build_regressor(name, *, image_shape, targets, head="gaussian",
                     normalization="per_image_standardization", pixel_mean=None, pixel_std=None,
                     asinh_scale=1.0, target_mean, target_std, variant=None, dropout=0.0,
-                    log_var_bound=10.0, **overrides):
+                    log_var_bound=10.0, macro_twin=None, **overrides):
     """Builds a functional `keras.Model`: raw image in, physical units out.
 
     Args:
@@ -35,6 +37,10 @@ def build_regressor(name, *, image_shape, targets, head="gaussian",
       dropout: rate before the head's dense layer.
       log_var_bound: bound on the standardized log-variance of the Gaussian head
         (10 -> predicted sigma within [0.0067, 148] target_std).
+      macro_twin: a fixed-lens recipe name (`model_ii_axion`, `model_iii_axion`) or None:
+        the network then reads each image beside its residual from the recipe's
+        macro-model twin (`twin.MacroTwinResidual`, layer `macro_twin`, before the
+        normalization); single-channel images only.
       **overrides: hyperparameters of the variant to change (its keys are the accepted
         ones), e.g. `width=64`, `stem="imagenet"`, `patch_size=8`.
 
@@ -55,11 +61,21 @@ def build_regressor(name, *, image_shape, targets, head="gaussian",
                                     log_var_bound=log_var_bound, name=OUTPUT_LAYER)
     normalizer = ImageNormalization(normalization, pixel_mean=pixel_mean, pixel_std=pixel_std,
                                     asinh_scale=asinh_scale, name="image_normalization")
-    backbone = registry.build_backbone(name, image_shape=image_shape, variant=variant,
+    backbone_shape = image_shape
+    if macro_twin:
+        if image_shape[-1] != 1:
+            raise ValueError(f"macro_twin={macro_twin!r} reads single-channel images; got "
+                             f"image_shape {image_shape}.")
+        twin_layer = MacroTwinResidual(macro_twin, name="macro_twin")
+        if image_shape[:2] != (twin_layer.twin.num_pix,) * 2:
+            raise ValueError(f"macro_twin={macro_twin!r} renders {twin_layer.twin.num_pix} px "
+                             f"images; got image_shape {image_shape}.")
+        backbone_shape = image_shape[:2] + (2,)
+    backbone = registry.build_backbone(name, image_shape=backbone_shape, variant=variant,
                                        **overrides)
 
     images = keras.Input(shape=image_shape, dtype="float32", name="image")
-    features = backbone(normalizer(images))
+    features = backbone(normalizer(twin_layer(images) if macro_twin else images))
     outputs = apply_head(features, output_layer, dropout=dropout)
     return keras.Model(images, outputs, name=f"{name}_{variant}")
 
