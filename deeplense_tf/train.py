@@ -90,6 +90,9 @@ def define_flags(flag_values=flags.FLAGS):
                       "Feed the network each image and its residual from the recipe's "
                       "macro-model twin (fixed-lens recipes: model_ii_axion, model_iii_axion; "
                       "needs --noaugment).", **fv)
+    flags.DEFINE_bool("keep_epoch_checkpoints", _DEFAULTS.keep_epoch_checkpoints,
+                      "Keep every epoch's checkpoint in WORKDIR/epoch_checkpoints (for "
+                      "deeplense_tf.benchmarks.time_to_accuracy).", **fv)
     flags.DEFINE_enum("cache", _DEFAULTS.cache, list(training.CACHE),
                       "Cache decoded data in memory (auto: if it fits in 40% of free memory).", **fv)
 

@@ -103,6 +103,9 @@ class TrainConfig:
     # The network reads each image beside its residual from the fixed-lens recipe's
     # macro-model twin (`models.twin`); fixed-lens recipes only, no dihedral augmentation.
     macro_twin: bool = False
+    # Keep each epoch's checkpoint in epoch_checkpoints/ (for time-to-accuracy curves:
+    # `python -m deeplense_tf.benchmarks.time_to_accuracy`).
+    keep_epoch_checkpoints: bool = False
 
     def validate(self):
         def choice(field, accepted):
@@ -433,6 +436,9 @@ def _statistics(pipeline, split, workdir, is_chief, parent=None, scope="all"):
     return stats
 
 
+EPOCH_CHECKPOINTS = "epoch_checkpoints"
+
+
 def _check_restart(config, workdir, is_chief):
     """A restart must use the same configuration as the run it resumes."""
     path = os.path.join(workdir, "config.json")
@@ -442,7 +448,7 @@ def _check_restart(config, workdir, is_chief):
             previous = json.load(f)
         # These may change between attempts without changing the result.
         volatile = {"log_every_steps", "checkpoint_every_steps", "eval_batch_size", "cache",
-                    "data_dir"}
+                    "data_dir", "keep_epoch_checkpoints"}
         changed = {k: (previous.get(k), v) for k, v in current.items()
                    if k not in volatile and previous.get(k) != v}
         if changed and os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -517,6 +523,7 @@ class _Run:
     predict_fn: object
     scratch_dirs: list  # a non-chief worker's throw-away checkpoints and logs
     target_pipeline: object = None  # the unlabelled images of --adapt_dataset
+    epoch_manager: object = None  # with --keep_epoch_checkpoints: every epoch's checkpoint
     # The time up to which `train_seconds` has been counted.
     clock: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -645,9 +652,14 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
     _check_workers_resume_together(strategy, position["epoch"], position["step_in_epoch"])
     # Only the chief keeps checkpoints; other workers must take part in saving (it is a
     # collective operation) and write to a scratch directory that they delete.
-    scratch_dirs = [] if is_chief else [tempfile.mkdtemp(), tempfile.mkdtemp()]
+    scratch_dirs = [] if is_chief else [tempfile.mkdtemp() for _ in range(3)]
     manager = tf.train.CheckpointManager(
         checkpoint, checkpoint_dir if is_chief else scratch_dirs[0], max_to_keep=2)
+    epoch_manager = None
+    if config.keep_epoch_checkpoints:
+        epoch_manager = tf.train.CheckpointManager(
+            checkpoint, os.path.join(workdir, EPOCH_CHECKPOINTS) if is_chief else scratch_dirs[2],
+            max_to_keep=None, checkpoint_name="epoch")
 
     tb_dir = os.path.join(workdir, "tensorboard") if is_chief else scratch_dirs[1]
     train_step, predict_fn = _step_functions(config, strategy, model, optimizer, precision, jit,
@@ -660,7 +672,7 @@ def _set_up(config: TrainConfig, workdir: str) -> _Run:
                train_writer=tf.summary.create_file_writer(os.path.join(tb_dir, "train")),
                val_writer=tf.summary.create_file_writer(os.path.join(tb_dir, "validation")),
                train_step=train_step, predict_fn=predict_fn, scratch_dirs=scratch_dirs,
-               target_pipeline=target_pipeline)
+               target_pipeline=target_pipeline, epoch_manager=epoch_manager)
     if config.adapt != "none":
         logging.info("Adapting to the unlabelled images of %s (%d): %s", config.adapt_dataset,
                      target_pipeline.num_examples("train"),
@@ -902,6 +914,8 @@ def _validate_and_checkpoint(run: _Run, epoch: int, step: int, trained: _EpochTr
                  ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
                  " (best so far)" if improved else "")
     _save_checkpoint(run, epoch + 1, 0)
+    if run.epoch_manager is not None:
+        run.epoch_manager.save(checkpoint_number=epoch + 1)
 
 
 def _finish(run: _Run, step: int) -> dict:
