@@ -40,7 +40,10 @@ def _lens(log10_m, angle, center, noise_seed=None):
     return image.astype(np.float32), sim.instrument.background_rms
 
 
-def test_twin_renders_as_the_simulator_and_its_derivatives_are_the_slopes(layer):
+@pytest.mark.parametrize("recipe", [RECIPE, "model_iii_axion"])
+def test_twin_renders_as_the_simulator_and_its_derivatives_are_the_slopes(layer, recipe):
+    if recipe != RECIPE:
+        layer = twin_lib.MacroTwinResidual(recipe)
     tw = layer.twin
     centers = np.array([[0.1, -0.2], [-0.33, 0.05], [0.0, 0.0]])
     images, dx, dy = (np.asarray(a, np.float64)
