@@ -211,6 +211,7 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
         "recipe": recipe.description,
         "model": config["model"], "variant": config["variant"] or models.default_variant(config["model"]),
         "model_overrides": config["model_overrides"], "normalization": config["normalization"],
+        **({"macro_twin": builder_config.recipe} if config.get("macro_twin") else {}),
         "parameters": cost.params, "flops_per_image": cost.flops_per_image,
         "size_mb": round(size / 2**20, 2),
         "train_seconds": summary.get("train_seconds"), "machine": summary.get("machine"),
@@ -322,6 +323,13 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
         for what, rate in o["flagged"].items():
             lines.append(f"| {what} | {rate:.1%} |")
     lines += ["", "## Known limits", ""]
+    if meta.get("macro_twin"):
+        lines.append(
+            f"- Reads each image beside its residual from the `{meta['macro_twin']}` macro-model "
+            "twin (the recipe's fixed lens with the vortex's mass at the centre, the source "
+            "centre fitted inside the model): for images of that recipe only, in the "
+            "simulator's orientation (no test-time augmentation). A lens that is not this "
+            "recipe's leaves a residual the network has never seen.")
     for target in meta["targets"]:
         if target in PLATEAU_NOTE:
             lines.append(f"- {PLATEAU_NOTE[target]}")
