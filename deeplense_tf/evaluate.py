@@ -301,8 +301,9 @@ def evaluate(model, data_dir: str, dataset: str, split: str = "test", tta: bool 
                              "rotated predictions would be wrong")
         from deeplense_tf.models import twin
 
-        if twin.macro_twin_recipe(model):
-            raise ValueError(f"--tta: the model subtracts the {twin.macro_twin_recipe(model)!r} "
+        recipe = twin.macro_twin_recipe(model)
+        if recipe:
+            raise ValueError(f"--tta: the model subtracts the {recipe!r} "
                              "macro-model twin in the simulator's orientation; rotated images "
                              "do not match it (evaluate without --tta)")
     from deeplense_tf import calibration

@@ -165,7 +165,7 @@ class TrainConfig:
             recipe = self.macro_twin_recipe
             try:
                 vortex_lib.nuisance_check(recipes.get(recipe))
-            except (KeyError, ValueError) as e:
+            except ValueError as e:  # an unknown recipe, or one with a free lens
                 raise ValueError(f"--macro_twin: data set {self.dataset!r} (recipe {recipe!r}) "
                                  f"has no fixed macro model to subtract: {e}") from None
         return self
@@ -175,7 +175,7 @@ class TrainConfig:
         """The recipe of `dataset` (`deeplense_lensing/CONFIG[:VERSION]`)."""
         from deeplense_tf.reference.runner import recipe_of_config
 
-        return recipe_of_config(self.dataset.split("/")[-1].split(":")[0])
+        return recipe_of_config(transfer.config_name(self.dataset))
 
     @property
     def train_split(self) -> str:

@@ -124,9 +124,10 @@ def check_compatible(parent: Parent, image_shape, dataset: str, targets,
                          f"images, the data set {dataset} holds {instrument!r} images")
     from deeplense_tf.models import twin
 
-    if twin.macro_twin_recipe(parent.model):
+    recipe = twin.macro_twin_recipe(parent.model)
+    if recipe:
         raise ValueError(f"{flag}={parent.reference}: the model reads each image beside its "
-                         f"{twin.macro_twin_recipe(parent.model)!r} macro-model residual; a "
+                         f"{recipe!r} macro-model residual; a "
                          "run cannot start from it")
     if scope == "all" and list(parent.targets) != list(targets):
         raise ValueError(f"{flag}={parent.reference}: the model predicts {parent.targets}, this "

@@ -54,24 +54,15 @@ class TwinModel:
         if bank_per_axis < 2:
             raise ValueError(f"bank_per_axis: must be >= 2, got {bank_per_axis}")
         recipe = recipes.get(recipe_name)
-        info = vortex_lib.nuisance_check(recipe)
-        sim = recipe.simulator(noise=False)
-        rng = np.random.default_rng(0)  # every remaining prior is Fixed: any draw is the value
-        macro = recipe.deflector.sample(rng)
-        source = recipe.source.sample(rng)
-        x, y = sim.ray_grid
-        ax, ay = sim.macro_deflection(macro)
-        cx, cy = macro["lens_center_x"], macro["lens_center_y"]
-        theta_e2 = float(sim.geometry.point_mass_theta_e(info["vortex"].mass_msun) ** 2)
-        dx, dy = x - cx, y - cy
-        r2 = dx**2 + dy**2
-        self.beta_x = x - ax - theta_e2 * dx / r2
-        self.beta_y = y - ay - theta_e2 * dy / r2
-        self.sim, self.source = sim, source
+        # The reference estimator's setup of a fixed-lens recipe: the check that only the
+        # vortex and the source centre are free, the fixed draws, the rays.
+        self.reference = ref = vortex_lib.VortexReference(recipe)
+        self.beta_x, self.beta_y = ref.twin_rays()
+        sim, source = ref.sim, ref.source_fixed
         self.num_pix, self.supersampling = recipe.num_pix, sim.supersampling
         self.pixel_area = sim.instrument.pixel_scale_arcsec**2
         self.psf_kernel = _gaussian_kernel1d(sim._psf_sigma_pix)
-        self.box = (info["center_x"], info["center_y"])
+        self.box = ref.box
 
         kwargs = sim._source_kwargs(dict(source, source_center_x=0.0, source_center_y=0.0))
         profile = sim._light_model.func_list[0]
@@ -96,9 +87,8 @@ class TwinModel:
 
     def render(self, center) -> np.ndarray:
         """The twin for source centre `center` (x, y), by the simulator's own path."""
-        source = dict(self.source, source_center_x=float(center[0]),
-                      source_center_y=float(center[1]))
-        return self.sim.render(self.beta_x, self.beta_y, source)
+        return self.reference.model_image(None, None, float(center[0]), float(center[1]),
+                                          rays=(self.beta_x, self.beta_y))
 
 
 @keras.saving.register_keras_serializable(package="deeplense_tf")
@@ -127,8 +117,9 @@ class MacroTwinResidual(keras.layers.Layer):
         self._bank_norm2 = np.sum(t.bank.astype(np.float64) ** 2, axis=1).astype(np.float32)
         self._bank_centers = t.bank_centers.astype(np.float32)
 
-    def _render(self, center):
-        """Twins (B, H, W) for centres (B, 2), with their derivatives by the centre."""
+    def _render(self, center, slopes=True):
+        """Twins (B, H, W) for centres (B, 2), with their derivatives by the centre (a list
+        of one or three (B, H, W) maps)."""
         t = self.twin
         ux = ops.convert_to_tensor(self._beta[0])[None] - center[:, 0, None, None]
         uy = ops.convert_to_tensor(self._beta[1])[None] - center[:, 1, None, None]
@@ -139,19 +130,22 @@ class MacroTwinResidual(keras.layers.Layer):
         power = ops.power(frac, 1.0 / t.n_sersic)
         surface = t.amplitude * ops.exp(-t.b_n * (power - 1.0))
         # d surface / d centre = -d surface / d u = surface * b_n/n * frac^(1/n) / R * dR/du
-        slope = surface * (t.b_n / t.n_sersic) * power / (radius * radius)
-        maps = ops.stack([surface, slope * (a * ux + b * uy), slope * (b * ux + c * uy)], axis=1)
+        maps = [surface]
+        if slopes:
+            slope = surface * (t.b_n / t.n_sersic) * power / (radius * radius)
+            maps += [slope * (a * ux + b * uy), slope * (b * ux + c * uy)]
+        m = len(maps)
         n, s = t.num_pix, t.supersampling
-        batch = ops.shape(maps)[0]
-        maps = ops.reshape(maps, (batch * 3, n, s, n, s))
+        batch = ops.shape(surface)[0]
+        maps = ops.reshape(ops.stack(maps, axis=1), (batch * m, n, s, n, s))
         pixels = ops.mean(maps, axis=(2, 4)) * t.pixel_area
         kernel = ops.convert_to_tensor(t.psf_kernel.astype(np.float32))
         k = kernel.shape[0]
         x = pixels[..., None]
         x = ops.conv(x, ops.reshape(kernel, (k, 1, 1, 1)), padding="same")
         x = ops.conv(x, ops.reshape(kernel, (1, k, 1, 1)), padding="same")
-        x = ops.reshape(x, (batch, 3, n, n))
-        return x[:, 0], x[:, 1], x[:, 2]
+        x = ops.reshape(x, (batch, m, n, n))
+        return [x[:, i] for i in range(m)]
 
     def fit(self, images):
         """-> (image, centre): the images (B, H, W) and their fitted source centres (B, 2)."""
@@ -183,7 +177,7 @@ class MacroTwinResidual(keras.layers.Layer):
 
     def call(self, images):
         image, center = self.fit(images)
-        model, _, _ = self._render(center)
+        (model,) = self._render(center, slopes=False)
         return ops.stop_gradient(ops.stack([image, image - model], axis=-1))
 
     def compute_output_shape(self, input_shape):

@@ -201,6 +201,16 @@ class VortexReference:
         sx, sy = vortex.deflection(self.x, self.y)
         return self._bx0 - sx, self._by0 - sy
 
+    def twin_rays(self):
+        """Source-plane positions of the sub-pixel rays for the m_a -> infinity limit: the
+        vortex's whole mass as one point mass at the lens centre (the information study's
+        twin, `simulation.information`)."""
+        theta_e2 = float(self.sim.geometry.point_mass_theta_e(self.vortex.mass_msun) ** 2)
+        sx, sy = substructure.point_mass_deflection(
+            self.x, self.y, np.array([self.center[0]]), np.array([self.center[1]]),
+            np.array([theta_e2]))
+        return self._bx0 - sx, self._by0 - sy
+
     def model_image(self, log10_m, angle, center_x, center_y, rays=None) -> np.ndarray:
         """The noiseless image the simulator renders for these parameters."""
         bx, by = rays if rays is not None else self.rays(log10_m, angle)
