@@ -31,11 +31,27 @@ OTHER_INSTRUMENT = {"model_ii_axion": "model_iii_axion", "model_iii_axion": "mod
 SHRINKAGE = 0.05  # covariance -> (1 - s) cov + s tr(cov)/F I: a stable inverse
 
 
+def pooled_features(model):
+    """The symbolic pooled penultimate features of `model`: its `head_pool` output, or for
+    an ensemble (`deeplense_tf.ensemble`) its members' side by side."""
+    try:
+        return model.get_layer(POOL_LAYER).output
+    except ValueError:
+        pass
+    from deeplense_tf.ensemble import COMBINE_LAYER
+
+    try:
+        return model.get_layer(COMBINE_LAYER).output[1]
+    except ValueError:
+        raise ValueError(f"model {model.name!r} has no {POOL_LAYER!r} layer: not a "
+                         "deeplense_tf regressor or ensemble") from None
+
+
 def feature_model(model):
     """raw images -> pooled penultimate features (B, F)."""
     import keras
 
-    return keras.Model(model.input, model.get_layer(POOL_LAYER).output)
+    return keras.Model(model.input, pooled_features(model))
 
 
 def _precision_cholesky(samples):
@@ -66,7 +82,7 @@ def with_ood(model, layer):
     import keras
 
     outputs = dict(model.output)
-    outputs.update(layer([model.get_layer(POOL_LAYER).output, model.input]))
+    outputs.update(layer([pooled_features(model), model.input]))
     return keras.Model(model.input, outputs, name=model.name)
 
 

@@ -6,7 +6,11 @@ reads RUN (config.json, flags.cfg, summary.json, model.keras) and EVAL (metrics.
 from `python -m deeplense_tf.evaluate` on the test split), and writes NAME.keras (the
 weights once, no optimizer), NAME.json (metadata) and NAME.md (the model card) into
 `deeplense_tf/pretrained/` (or --output_dir). Every number on the card comes from those
-files: nothing is typed by hand.
+files: nothing is typed by hand. A deep ensemble (`python -m deeplense_tf.ensemble`) is
+packaged from its members' runs, in the ensemble's order:
+
+  python -m deeplense_tf.package_model --workdir=RUN1,RUN2 --model=ENSEMBLE.keras \
+      --evaluation=EVAL --name=NAME
 """
 
 from __future__ import annotations
@@ -155,34 +159,63 @@ def _ood_weights(model):
         return []
 
 
-def package(workdir: str, evaluation: str, name: str, output_dir: str | None = None, *,
+def _run(workdir: str, metrics: dict, evaluation: str):
+    """(config, summary, flag lines) of a completed training run."""
+    config = _read_json(os.path.join(workdir, "config.json"))
+    summary = _read_json(os.path.join(workdir, "summary.json"))
+    if not summary.get("completed"):
+        raise ValueError(f"{workdir}: training has not completed")
+    if metrics["dataset"].split(":")[0] != config["dataset"].split(":")[0]:
+        raise ValueError(f"{evaluation} evaluates {metrics['dataset']}, the run {workdir} "
+                         f"trained on {config['dataset']}")
+    with open(os.path.join(workdir, "flags.cfg")) as f:
+        # The card names no local paths: the data directory is the reader's own.
+        lines = [line for line in f.read().splitlines()
+                 if line.startswith("--") and not line.startswith("--data_dir=")]
+    return config, summary, lines
+
+
+def _members_flags(flag_lines: list) -> tuple[str, list]:
+    """The first member's flags, and per member its flags that not all members share."""
+    shared = set.intersection(*(set(lines) for lines in flag_lines))
+    return "\n".join(flag_lines[0]), [[line for line in lines if line not in shared]
+                                       for lines in flag_lines]
+
+
+def package(workdir, evaluation: str, name: str, output_dir: str | None = None, *,
             model_path: str | None = None, calibration_report: str | None = None,
             ood_report: str | None = None) -> dict:
+    """Packages one training run (`workdir`), or a deep ensemble (`deeplense_tf.ensemble`)
+    of several (`workdir` a list or comma-separated, `model_path` the ensemble, its
+    members in the same order)."""
     import keras
 
     import deeplense_tf.models  # noqa: F401
     from deeplense_tf import input_pipeline, models
+    from deeplense_tf.ensemble import COMBINE_LAYER
     from deeplense_tf.simulation import instruments, recipes
 
     output_dir = output_dir or os.path.dirname(os.path.abspath(__import__(
         "deeplense_tf.pretrained", fromlist=["_"]).__file__))
-    config = _read_json(os.path.join(workdir, "config.json"))
-    summary = _read_json(os.path.join(workdir, "summary.json"))
+    workdirs = workdir.split(",") if isinstance(workdir, str) else list(workdir)
     metrics = _read_json(os.path.join(evaluation, "metrics.json"))
-    if not summary.get("completed"):
-        raise ValueError(f"{workdir}: training has not completed")
     if metrics["split"] != "test":
         raise ValueError(f"{evaluation}: evaluated on {metrics['split']!r}; model cards quote "
                          "the test split")
-    if metrics["dataset"].split(":")[0] != config["dataset"].split(":")[0]:
-        raise ValueError(f"{evaluation} evaluates {metrics['dataset']}, the run trained on "
-                         f"{config['dataset']}")
-    with open(os.path.join(workdir, "flags.cfg")) as f:
-        # The card names no local paths: the data directory is the reader's own.
-        flagfile = "\n".join(line for line in f.read().splitlines()
-                             if line.startswith("--") and not line.startswith("--data_dir="))
+    runs = [_run(w, metrics, evaluation) for w in workdirs]
+    config = runs[0][0]
+    if len(runs) > 1 and not model_path:
+        raise ValueError(f"--workdir={','.join(workdirs)}: several runs are a deep ensemble; "
+                         "give --model=ENSEMBLE.keras (python -m deeplense_tf.ensemble)")
     model = keras.saving.load_model(model_path or os.path.join(workdir, "model.keras"),
                                     compile=False)
+    try:
+        members = len(model.get_layer(COMBINE_LAYER).member_target_mean)
+    except ValueError:
+        members = 1
+    if members != len(runs):
+        raise ValueError(f"--model={model_path}: a model of {members} member(s), but "
+                         f"--workdir names {len(runs)} run(s); give one run per member")
     from deeplense_tf import training
     from deeplense_tf.datasets.deeplense_lensing import deeplense_lensing_dataset_builder as dl
 
@@ -195,9 +228,11 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
     instrument = instruments.get(recipe.instrument)
     data_path = input_pipeline.dataset_path(config["data_dir"], config["dataset"])
     cost = models.count_params_and_flops(model)
+    flagfile, differences = _members_flags([lines for _, _, lines in runs])
 
     size = _save_model(model, output_dir, name)
 
+    summaries = [summary for _, summary, _ in runs]
     meta = {
         "name": name,
         "targets": models.target_names(model),
@@ -214,15 +249,23 @@ def package(workdir: str, evaluation: str, name: str, output_dir: str | None = N
         **({"macro_twin": builder_config.recipe} if config.get("macro_twin") else {}),
         "parameters": cost.params, "flops_per_image": cost.flops_per_image,
         "size_mb": round(size / 2**20, 2),
-        "train_seconds": summary.get("train_seconds"), "machine": summary.get("machine"),
-        "steps": summary["steps"], "best_epoch": summary["best_epoch"],
+        "train_seconds": (sum(s.get("train_seconds") or 0 for s in summaries)
+                          if len(runs) > 1 else summaries[0].get("train_seconds")),
+        "machine": summaries[0].get("machine"),
+        "steps": sum(s["steps"] for s in summaries), "best_epoch": summaries[0]["best_epoch"],
         "test": _test_section(metrics),
         **_joint(metrics),
         "num_test_examples": metrics["num_examples"],
         "outputs": sorted(model.output),
         **_extras(calibration_report, ood_report),
     }
-    parent = os.path.join(workdir, "parent.json")
+    if len(runs) > 1:
+        meta["ensemble_members"] = [
+            {"model": c["model"], "variant": c["variant"] or models.default_variant(c["model"]),
+             "steps": s["steps"], "best_epoch": s["best_epoch"],
+             "train_seconds": s.get("train_seconds"), "flags_differing": d}
+            for (c, s, _), d in zip(runs, differences)]
+    parent = os.path.join(workdirs[0], "parent.json")
     if os.path.exists(parent):  # a fine-tuned run (train --init_from)
         meta["parent"] = _read_json(parent)
     _write_card(meta, flagfile, metrics, output_dir)
@@ -243,14 +286,27 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
         f"{meta['image_shape'][0]}x{meta['image_shape'][1]} images in the simulation's units; "
         f"image normalization ({meta['normalization']}) and target scaling are inside the model.",
         "", "## Training", "",
-        f"- {meta['steps']} steps, best validation loss at epoch {meta['best_epoch']} (the "
-        f"weights shipped), {hours:.2f} h on {meta['machine']}.",
+        *([f"- A deep ensemble of {len(meta['ensemble_members'])} members trained separately "
+           "(`python -m deeplense_tf.ensemble`): the mean is the members' average, the "
+           "variance the mixture's; calibration and the OOD flag are fitted on the ensemble. "
+           f"{hours:.2f} h of training in all on {meta['machine']}; each member's steps, best "
+           "epoch (the weights used) and time:", ""]
+          + [f"  {i}. {m['model']} ({m['variant']}): {m['steps']} steps, epoch "
+             f"{m['best_epoch']}, {(m['train_seconds'] or 0) / 3600:.2f} h"
+             + (f"; its flags not shared by all members: "
+                f"{', '.join('`' + f + '`' for f in m['flags_differing'])}"
+                if m["flags_differing"] else "")
+             for i, m in enumerate(meta["ensemble_members"], 1)] + [""]
+          if "ensemble_members" in meta else
+          [f"- {meta['steps']} steps, best validation loss at epoch {meta['best_epoch']} (the "
+           f"weights shipped), {hours:.2f} h on {meta['machine']}."]),
         *([f"- Started from `{meta['parent'].get('shipped_name') or meta['parent']['file']}` "
            f"(sha256 {meta['parent']['sha256'][:12]}..., trained on "
            f"`{meta['parent']['dataset']}`); the time above is this run's alone."]
           if "parent" in meta else []),
-        "- Flags (replay with `python -m deeplense_tf.train --flagfile=<this block> "
-        "--data_dir=DATA --workdir=RUN`):", "", "```", flagfile.strip(), "```", "",
+        f"- Flags{' of the first member' if 'ensemble_members' in meta else ''} (replay with "
+        "`python -m deeplense_tf.train --flagfile=<this block> --data_dir=DATA "
+        "--workdir=RUN`):", "", "```", flagfile.strip(), "```", "",
         f"## Test metrics ({meta['num_test_examples']} examples, the whole test split)", "",
         "| target | predictor | MAE | RMSE | R^2 | bias |", "|---|---|---|---|---|---|"]
     for target, r in meta["test"].items():
@@ -362,7 +418,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("workdir", None, "Training run directory (or give --update_shipped).")
+    flags.DEFINE_string("workdir", None, "Training run directory, or the members' runs of an "
+                        "ensemble, comma-separated (or give --update_shipped).")
     flags.DEFINE_bool("update_shipped", False, "Replace the shipped model --name by --model "
                       "(calibrated / with OOD outputs), keeping its card's training facts.")
     flags.DEFINE_string("model", None, "The .keras file to ship (default RUN/model.keras).")

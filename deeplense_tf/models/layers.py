@@ -298,3 +298,86 @@ def _as_float_list(value, length, what):
     if len(values) != length:
         raise ValueError(f"{what} has {len(values)} values for {length} targets.")
     return values
+
+
+@keras.saving.register_keras_serializable(package="deeplense_tf")
+class EnsembleCombine(keras.layers.Layer):
+    """Members' standardized head outputs -> one standardized head output (a deep ensemble).
+
+    Input: `{"heads": [M tensors (batch, units)], "features": [M tensors (batch, F_m)]}`,
+    each head in the parametrization `RegressionOutput` reads (`[z]` for the point head,
+    `[z, raw_log_variance]` for the Gaussian one) in its member's standardized units
+    (`member_target_mean[m]`, `member_target_std[m]`). Output: `(head, features)`: the
+    combined head in the units of `target_mean` / `target_std` (the ensemble's
+    `regression_output` layer reads it) and the members' pooled features side by side
+    (what the OOD score of an ensemble measures). In physical units the combined mean is
+    the members' average and its variance the mixture's, the mean of the variances plus
+    the variance of the means; the log-variance is mapped back through the head's tanh
+    bound, so an uncalibrated ensemble outputs exactly that mixture sigma and a calibrated
+    one scales it like any head's.
+    """
+
+    def __init__(self, member_target_mean, member_target_std, target_mean, target_std,
+                 head="gaussian", log_var_bound=10.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if head not in ("gaussian", "point"):
+            raise ValueError(f"EnsembleCombine: head {head!r} is not supported (expected "
+                             "'gaussian' or 'point'; a full-covariance head's ensemble is not "
+                             "a single full-covariance Gaussian)")
+        self.member_target_mean = [list(map(float, m)) for m in member_target_mean]
+        self.member_target_std = [list(map(float, s)) for s in member_target_std]
+        k = len(target_mean)
+        if (len(self.member_target_mean) < 2
+                or len(self.member_target_mean) != len(self.member_target_std)
+                or any(len(m) != k for m in self.member_target_mean + self.member_target_std)):
+            raise ValueError("EnsembleCombine: expected two or more members, each with one "
+                             f"mean and std per target ({k} targets)")
+        self.target_mean = _as_float_list(target_mean, k, "target_mean")
+        self.target_std = _as_float_list(target_std, k, "target_std")
+        self.head = head
+        self.log_var_bound = float(log_var_bound)
+
+    def call(self, inputs):
+        heads, features = inputs["heads"], inputs["features"]
+        if len(heads) != len(self.member_target_mean):
+            raise ValueError(f"EnsembleCombine: {len(heads)} heads for "
+                             f"{len(self.member_target_mean)} members")
+        k, b = len(self.target_mean), self.log_var_bound
+        columns = []
+        variances = []
+        for i in range(k):
+            means, variance = [], []
+            for head, mean, std in zip(heads, self.member_target_mean, self.member_target_std):
+                head = ops.cast(head, "float32")
+                means.append(head[:, i] * std[i] + mean[i])
+                if self.head == "gaussian":
+                    log_var = b * ops.tanh(head[:, k + i] / b)
+                    variance.append(ops.exp(log_var) * std[i] ** 2)
+            means = ops.stack(means)
+            combined = ops.mean(means, axis=0)
+            columns.append((combined - self.target_mean[i]) / self.target_std[i])
+            if self.head == "gaussian":
+                total = ops.mean(ops.stack(variance), axis=0) + ops.var(means, axis=0)
+                log_var = ops.log(total / self.target_std[i] ** 2)
+                bound = 1.0 - 1e-6
+                variances.append(b * ops.arctanh(ops.clip(log_var / b, -bound, bound)))
+        head = ops.stack(columns + variances, axis=1)
+        features = ops.concatenate([ops.cast(f, "float32") for f in features], axis=-1)
+        return head, features
+
+    def compute_output_spec(self, inputs):
+        heads, features = inputs["heads"], inputs["features"]
+        batch = heads[0].shape[0]
+        units = len(self.target_mean) * (2 if self.head == "gaussian" else 1)
+        width = sum(f.shape[-1] for f in features)
+        return (keras.KerasTensor((batch, units), dtype="float32"),
+                keras.KerasTensor((batch, width), dtype="float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(member_target_mean=self.member_target_mean,
+                      member_target_std=self.member_target_std, target_mean=self.target_mean,
+                      target_std=self.target_std, head=self.head,
+                      log_var_bound=self.log_var_bound)
+        return config
