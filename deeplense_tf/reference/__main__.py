@@ -45,7 +45,9 @@ def define_flags():
 
 
 def read_split(data_dir: str, dataset: str, split: str, num_images: int):
-    """(images, truths, recipe name) of the first `num_images` of the split, file order."""
+    """(images, truths, recipe name, nuisances) of the first `num_images` of the split,
+    file order; nuisances ({name: (N,)}, the true vortex angle and source centre) is None
+    when the data set does not store them."""
     import tensorflow_datasets as tfds
 
     from deeplense_tf import input_pipeline
@@ -60,12 +62,18 @@ def read_split(data_dir: str, dataset: str, split: str, num_images: int):
     count = total if num_images <= 0 else min(num_images, total)
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             read_config=tfds.ReadConfig(try_autocache=False))
-    images, truths = [], []
+    params = builder.info.features["params"] if "params" in builder.info.features else {}
+    stored = [k for k in runner.NUISANCES if k in params]
+    images, truths, nuisances = [], [], {k: [] for k in stored}
     for example in tfds.as_numpy(ds.take(count)):
         images.append(example["image"][..., 0])
         truths.append(example[runner.TARGET])
-    return np.stack(images), np.asarray(truths, np.float32), runner.recipe_of_config(
-        builder.info.config_name)
+        for k in stored:
+            nuisances[k].append(example["params"][k])
+    nuisances = ({k: np.asarray(v, np.float64) for k, v in nuisances.items()}
+                 if len(stored) == len(runner.NUISANCES) else None)
+    return (np.stack(images), np.asarray(truths, np.float32),
+            runner.recipe_of_config(builder.info.config_name), nuisances)
 
 
 def convergence(base: dict, fine: dict) -> dict:
@@ -89,12 +97,12 @@ def main(argv):
     console.setup(log_file=os.path.join(FLAGS.output_dir, "reference.log"))
 
     num_workers = FLAGS.num_workers or parallel.default_num_workers()
-    images, truths, recipe_name = read_split(FLAGS.data_dir, FLAGS.dataset, FLAGS.split,
-                                             FLAGS.num_images)
+    images, truths, recipe_name, nuisances = read_split(FLAGS.data_dir, FLAGS.dataset,
+                                                        FLAGS.split, FLAGS.num_images)
     recipe = recipes.get(recipe_name)
     summary = runner.run(recipe, images, truths, FLAGS.output_dir, dataset=FLAGS.dataset,
                          split=FLAGS.split, chunk_size=FLAGS.chunk_size,
-                         num_workers=num_workers, log=logging.info)
+                         num_workers=num_workers, log=logging.info, nuisances=nuisances)
     if FLAGS.convergence_images > 0:
         n = min(FLAGS.convergence_images, len(images))
         fine_dir = os.path.join(FLAGS.output_dir, "doubled")
@@ -110,6 +118,13 @@ def main(argv):
           f"mean {summary['rmse_of_mean']:.4f}; 68%/95% coverage {summary['coverage_68']:.3f}/"
           f"{summary['coverage_95']:.3f}; {summary['cpu_seconds_per_image']['median']:.1f} s "
           "CPU per image (median)")
+    if "mode_missed" in summary:
+        print(f"mode check: the true (m, angle) slice beats the quadrature's best by more than "
+              f"{runner.MODE_GAP_NATS:g} nats in {summary['mode_missed']:.1%} of the images; "
+              f"floor at least {summary['floor_mae_lower_bound']:.4f}"
+              + (f"; 68%/95% coverage where the mode was found "
+                 f"{summary['coverage_68_mode_found']:.3f}/{summary['coverage_95_mode_found']:.3f}"
+                 if summary["coverage_68_mode_found"] is not None else ""))
     if "convergence" in summary:
         print("convergence (doubled quadrature): " + json.dumps(summary["convergence"]))
     print(f"Report: {os.path.join(FLAGS.output_dir, 'report.md')}")

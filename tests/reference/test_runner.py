@@ -74,6 +74,22 @@ def test_floor_metrics_follow_their_definitions():
     assert sum(b["count"] for b in m["binned"]) == n
 
 
+def test_mode_check_counts_missed_modes_and_bounds_the_floor():
+    n = 10
+    truth = np.linspace(-23.9, -22.1, n)
+    median = truth + 0.1
+    arrays = {"truth": truth, "median": median, "mean": median, "std": np.full(n, 0.1),
+              "pit": np.full(n, 0.5), "cpu_seconds": np.ones(n), "evaluations": np.ones(n),
+              "mode_gap": np.where(np.arange(n) < 3, 200.0, -2.0)}
+    m = runner.metrics(arrays)
+    assert m["mode_missed"] == pytest.approx(0.3)
+    assert m["floor_mae_lower_bound"] == pytest.approx(0.07)
+    assert m["floor_mae"] == pytest.approx(0.1)
+    assert m["binned"][0]["mode_missed"] == 1.0 and m["binned"][-1]["mode_missed"] == 0.0
+    assert "mode_missed" not in runner.metrics({k: v for k, v in arrays.items()
+                                                if k != "mode_gap"})
+
+
 def test_recipe_names_of_configs():
     assert runner.recipe_of_config("model_ii_axion") == "model_ii_axion"
     assert runner.recipe_of_config("model_ii_axion_tiny") == "model_ii_axion"
@@ -98,10 +114,14 @@ def test_evaluate_sets_a_model_beside_the_floor(model_ii_tiny, tmp_path):
     dataset = "deeplense_lensing/model_ii_axion_tiny"
     with pytest.raises(runner.ReferenceError, match="--split=nope: not in"):
         cli.read_split(model_ii_tiny, dataset, "nope", 2)
-    images, truths, recipe = cli.read_split(model_ii_tiny, dataset, "test", 2)
+    images, truths, recipe, nuisances = cli.read_split(model_ii_tiny, dataset, "test", 2)
     assert images.shape == (2, 64, 64) and recipe == "model_ii_axion"
+    assert sorted(nuisances) == sorted(runner.NUISANCES)
     ref_dir = str(tmp_path / "ref")
-    runner.run(recipes.get(recipe), images, truths, ref_dir, dataset=dataset, split="test")
+    summary = runner.run(recipes.get(recipe), images, truths, ref_dir, dataset=dataset,
+                         split="test", nuisances=nuisances)
+    assert 0 <= summary["mode_missed"] <= 1
+    assert summary["floor_mae_lower_bound"] <= summary["floor_mae"]
 
     model = models.build_regressor("resnet18", variant="test", image_shape=(64, 64, 1),
                                    targets=["log10_m_axion"], target_mean=[-23.0],

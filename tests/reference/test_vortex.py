@@ -66,6 +66,24 @@ def test_noiseless_image_posterior_peaks_at_the_truth(small):
     assert abs(posterior.map_angle - lens.params["vortex_angle"]) < 0.05
 
 
+def test_mode_check_finds_the_truth_beaten_only_when_the_map_is_wrong(small):
+    from deeplense_tf.reference import runner
+
+    reference = vortex.VortexReference(small)
+    lens = small_recipe().simulator().simulate(example_rng(2, 0, 3))
+    p = lens.params
+    posterior = reference.posterior(lens.image)
+    arrays = runner.stack([runner.summarize(posterior, p["log10_m_axion"], 0)])
+    nuisances = {k: np.array([p[k]]) for k in runner.NUISANCES}
+    args = (reference, lens.image[None], np.array([p["log10_m_axion"]]), nuisances)
+    assert runner.mode_gaps(*args, arrays)[0] < runner.MODE_GAP_NATS
+    arrays["map_log10_m"] = arrays["map_log10_m"] + 0.5  # a MAP the quadrature did not find
+    assert runner.mode_gaps(*args, arrays)[0] > runner.MODE_GAP_NATS
+    with pytest.raises(runner.ReferenceError, match="vortex_angle"):
+        runner.mode_gaps(reference, lens.image[None], np.array([p["log10_m_axion"]]),
+                         {"source_center_x": nuisances["source_center_x"]}, arrays)
+
+
 @pytest.mark.slow
 def test_intervals_cover_the_truth_at_one_mass_over_noise_draws(small):
     """60 images at log10 m_a = -23 (angle, source centre and noise drawn anew each time):
