@@ -292,13 +292,13 @@ def model_card(meta: dict, flagfile: str, metrics: dict) -> str:
            f"{hours:.2f} h of training in all on {meta['machine']}; each member's steps, best "
            "epoch (the weights used) and time:", ""]
           + [f"  {i}. {m['model']} ({m['variant']}): {m['steps']} steps, epoch "
-             f"{m['best_epoch']}, {(m['train_seconds'] or 0) / 3600:.2f} h"
+             f"{m['best_epoch'] + 1}, {(m['train_seconds'] or 0) / 3600:.2f} h"
              + (f"; its flags not shared by all members: "
                 f"{', '.join('`' + f + '`' for f in m['flags_differing'])}"
                 if m["flags_differing"] else "")
              for i, m in enumerate(meta["ensemble_members"], 1)] + [""]
           if "ensemble_members" in meta else
-          [f"- {meta['steps']} steps, best validation loss at epoch {meta['best_epoch']} (the "
+          [f"- {meta['steps']} steps, best validation loss at epoch {meta['best_epoch'] + 1} (the "
            f"weights shipped), {hours:.2f} h on {meta['machine']}."]),
         *([f"- Started from `{meta['parent'].get('shipped_name') or meta['parent']['file']}` "
            f"(sha256 {meta['parent']['sha256'][:12]}..., trained on "

@@ -74,7 +74,7 @@ def run(workdir: str, train_size: int = 3000, epochs: int | None = None,
     summary = training.train_and_evaluate(config, run_dir)
     print(f"[2/5] trained {config.model} (configs/quickstart.cfg) for {summary['steps']} steps "
           f"({time.perf_counter() - t0:.0f} s): best validation loss "
-          f"{summary['best_validation_loss']:.3f} at epoch {summary['best_epoch']}\n"
+          f"{summary['best_validation_loss']:.3f} at epoch {summary['best_epoch'] + 1}\n"
           f"      model: {os.path.join(run_dir, 'model.keras')}\n"
           f"      TensorBoard: tensorboard --logdir {run_dir}\n"
           f"      command: python -m deeplense_tf.train --flagfile=configs/quickstart.cfg "
