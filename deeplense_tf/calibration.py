@@ -43,8 +43,7 @@ def fit(y_true, mean, sigma, levels=LEVELS) -> dict:
 
 
 def interval_calibration(model) -> dict | None:
-    """The calibration tables a model carries ({target: table}), or None (also for an
-    ensemble, whose outputs are its members' combined)."""
+    """The calibration tables a model carries ({target: table}), or None."""
     try:
         return model.get_layer(OUTPUT_LAYER).interval_calibration
     except ValueError:

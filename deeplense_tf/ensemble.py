@@ -18,8 +18,6 @@ from absl import app, flags
 
 from deeplense_tf import console
 
-OUTPUT_LAYER = "regression_output"
-
 COMBINE_LAYER = "ensemble_combine"
 
 
@@ -35,6 +33,7 @@ def build(models_list, name="ensemble"):
 
     from deeplense_tf import models
     from deeplense_tf.models.layers import EnsembleCombine, RegressionOutput
+    from deeplense_tf.models.regressor import OUTPUT_LAYER
     from deeplense_tf.ood import POOL_LAYER
 
     if len(models_list) < 2:

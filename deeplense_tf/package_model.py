@@ -207,7 +207,7 @@ def package(workdir, evaluation: str, name: str, output_dir: str | None = None, 
     if len(runs) > 1 and not model_path:
         raise ValueError(f"--workdir={','.join(workdirs)}: several runs are a deep ensemble; "
                          "give --model=ENSEMBLE.keras (python -m deeplense_tf.ensemble)")
-    model = keras.saving.load_model(model_path or os.path.join(workdir, "model.keras"),
+    model = keras.saving.load_model(model_path or os.path.join(workdirs[0], "model.keras"),
                                     compile=False)
     try:
         members = len(model.get_layer(COMBINE_LAYER).member_target_mean)

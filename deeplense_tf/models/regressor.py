@@ -97,18 +97,13 @@ def apply_head(features, output_layer, *, dropout=0.0):
 
 
 def _output_layer(model):
-    """The `regression_output` layer of a regressor, or of the first regressor nested in
-    it (an ensemble, `deeplense_tf.ensemble`)."""
+    """The `regression_output` layer of a regressor (an ensemble, `deeplense_tf.ensemble`,
+    has its own)."""
     try:
         return model.get_layer(OUTPUT_LAYER)
     except ValueError:
-        for layer in model.layers:
-            if isinstance(layer, keras.Model):
-                try:
-                    return _output_layer(layer)
-                except ValueError:
-                    continue
-        raise
+        raise ValueError(f"model {model.name!r} has no {OUTPUT_LAYER!r} layer: not a "
+                         "deeplense_tf regressor") from None
 
 
 def target_names(model):

@@ -147,7 +147,7 @@ def run(recipe, images: np.ndarray, truths: np.ndarray, output_dir: str, *, data
     says for how many the quadrature missed the likelihood's mode (`mode_gaps`)."""
     from deeplense_tf.simulation import parallel
 
-    VortexReference(recipe, settings)  # fails now, not in a worker, for a bad recipe
+    reference = VortexReference(recipe, settings)  # fails now, not in a worker, if bad
     images = np.asarray(images, np.float32)
     truths = np.asarray(truths, np.float32)
     if len(images) != len(truths) or len(images) == 0:
@@ -210,8 +210,7 @@ def run(recipe, images: np.ndarray, truths: np.ndarray, output_dir: str, *, data
 
     merged = {k: np.concatenate([done[s][k] for s, _ in bounds]) for k in _FIELDS}
     if nuisances is not None:
-        merged["mode_gap"] = mode_gaps(VortexReference(recipe, settings), images, truths,
-                                       nuisances, merged)
+        merged["mode_gap"] = mode_gaps(reference, images, truths, nuisances, merged)
     _write_npz(os.path.join(output_dir, "posteriors.npz"), merged)
     summary = metrics(merged)
     summary.update(spec.to_json())
