@@ -2,7 +2,9 @@
 
 FLOPs count a multiply-add as 2 and sum the matrix products only: convolutions, dense
 layers, and attention (Q/K/V/output projections plus the two N x N products).
-Normalization, activations, pooling and additions are left out (a few percent).
+Normalization, activations, pooling and additions are left out (a few percent). A layer
+that computes something else (the macro-model twin's fit) says what it costs through a
+`flops_per_image()` method.
 """
 
 import math
@@ -30,6 +32,8 @@ def _flops(layer):
         return 2 * math.prod(layer.kernel.shape) * math.prod(layer.output.shape[1:3])
     if isinstance(layer, keras.layers.Dense):
         return 2 * math.prod(layer.kernel.shape) * math.prod(layer.output.shape[1:-1])
+    if callable(getattr(layer, "flops_per_image", None)):
+        return layer.flops_per_image()
     if isinstance(layer, keras.Model):
         return sum(_flops(sub) for sub in layer.layers)
     return 0

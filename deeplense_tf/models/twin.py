@@ -183,6 +183,31 @@ class MacroTwinResidual(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (2,)
 
+    def flops_per_image(self) -> int:
+        """Floating-point operations of one image's fit and residual, counted as
+        `deeplense_tf.models.cost` counts (a multiply-add 2), with the element-wise work
+        that dominates here counted too: each arithmetic operation, square root, power
+        and exponential on a ray or pixel is one.
+
+        Per render on the n^2 s^2 supersampled rays: 19 operations for the surface (offsets,
+        quadratic form, floor, root, ratio, power, exponential), 12 more for its two slopes;
+        then per map the pixel mean (one per ray, two per pixel) and the separable PSF
+        (2 x 2k per pixel). Per Gauss-Newton step one render with slopes plus 11 operations
+        per pixel (the residual and the five sums of products); the last render has no
+        slopes, and the residual is one more per pixel. The bank's scores are one
+        (n^2 x bank) matrix product."""
+        t = self.twin
+        pixels = t.num_pix ** 2
+        rays = pixels * t.supersampling ** 2
+        k = len(t.psf_kernel)
+
+        def render(maps):
+            return rays * (19 + 12 * (maps > 1)) + maps * (rays + 2 * pixels + 4 * k * pixels)
+
+        bank = 2 * pixels * len(self._bank_centers)
+        step = render(3) + 11 * pixels
+        return int(bank + self.gauss_newton_steps * step + render(1) + pixels)
+
     def get_config(self):
         config = super().get_config()
         config.update(recipe=self.recipe, bank_per_axis=self.bank_per_axis,

@@ -89,6 +89,47 @@ def test_residual_is_faint_for_a_short_vortex_and_structure_for_a_long_one(layer
     assert np.abs(out[1, ..., 1]).max() > 10 * rms
 
 
+def _graph_flops(layer, num_pix):
+    """The layer's floating-point operations per image, read off its TensorFlow graph op by
+    op (element-wise: output elements; reductions: input elements; convolutions and
+    matrix products: 2 per multiply-add): independent of the layer's own count."""
+    fn = tf.function(lambda x: layer(x)).get_concrete_function(
+        tf.TensorSpec((1, num_pix, num_pix, 1), tf.float32))
+    elementwise = {"Add", "AddV2", "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "Sqrt",
+                   "Pow", "Exp", "Neg"}
+    total = 0
+    for op in fn.graph.get_operations():
+        if op.type in elementwise:
+            total += max(op.outputs[0].shape.num_elements(), 1)
+        elif op.type in ("Sum", "Mean"):
+            total += op.inputs[0].shape.num_elements()
+        elif op.type == "Conv2D":
+            kernel = op.inputs[1].shape.as_list()
+            total += 2 * int(np.prod(kernel[:-1])) * op.outputs[0].shape.num_elements()
+        elif op.type in ("MatMul", "BatchMatMulV2"):
+            rows, inner = op.inputs[0].shape.as_list()[-2:]
+            total += 2 * rows * inner * op.outputs[0].shape.as_list()[-1]
+    return total
+
+
+def test_flop_count_matches_the_graph_and_enters_the_model_cost(layer):
+    """The fit's cost (not matrix products alone) is counted in the model's FLOPs."""
+    from deeplense_tf import models
+
+    counted = layer.flops_per_image()
+    assert counted == pytest.approx(_graph_flops(layer, 64), rel=0.05)
+    fewer = twin_lib.MacroTwinResidual(RECIPE, gauss_newton_steps=1)
+    assert fewer.flops_per_image() == pytest.approx(_graph_flops(fewer, 64), rel=0.05)
+    kwargs = dict(variant="test", image_shape=(64, 64, 1), targets=["log10_m_axion"],
+                  target_mean=[-23.0], target_std=[0.6], normalization="asinh",
+                  asinh_scale=0.01)
+    with_twin = models.count_params_and_flops(build_regressor("resnet18", macro_twin=RECIPE,
+                                                              **kwargs))
+    without = models.count_params_and_flops(build_regressor("resnet18", **kwargs))
+    # the twin's second channel widens the first convolution; the rest is the fit
+    assert with_twin.flops_per_image - without.flops_per_image > counted
+
+
 def test_regressor_with_the_twin_saves_loads_and_exports(tmp_path):
     import keras
 
