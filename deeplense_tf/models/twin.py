@@ -61,11 +61,11 @@ class TwinModel:
         sim, source = ref.sim, ref.source_fixed
         self.num_pix, self.supersampling = recipe.num_pix, sim.supersampling
         self.pixel_area = sim.instrument.pixel_scale_arcsec**2
-        self.psf_kernel = _gaussian_kernel1d(sim._psf_sigma_pix)
+        self.psf_kernel = _gaussian_kernel1d(sim.psf_sigma_pix)
         self.box = ref.box
 
-        kwargs = sim._source_kwargs(dict(source, source_center_x=0.0, source_center_y=0.0))
-        profile = sim._light_model.func_list[0]
+        kwargs = sim.source_light_kwargs(dict(source, source_center_x=0.0, source_center_y=0.0))
+        profile = sim.source_profile
         # R^2 of the profile is a quadratic form of the offset from the centre, whatever
         # lenstronomy's convention (semi-major axis or product average): read it off.
         def radius2(px, py):

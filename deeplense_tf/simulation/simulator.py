@@ -204,7 +204,7 @@ class LensSimulator:
         # Sub-pixel centres, pixel (0, 0) at the lower-left, optical axis at the centre.
         sub = (np.arange(n * s) + 0.5) / s - n / 2
         self._x, self._y = np.meshgrid(sub * inst.pixel_scale_arcsec, sub * inst.pixel_scale_arcsec)
-        self._psf_sigma_pix = inst.psf_fwhm_arcsec / (2 * math.sqrt(2 * math.log(2))) / inst.pixel_scale_arcsec
+        self.psf_sigma_pix = inst.psf_fwhm_arcsec / (2 * math.sqrt(2 * math.log(2))) / inst.pixel_scale_arcsec
         self.realism = realism
         if realism is not None:
             self._init_realism(realism)
@@ -367,7 +367,7 @@ class LensSimulator:
             surface = self._stamp_surface(beta_x, beta_y, source)
         else:
             surface = self._light_model.surface_brightness(beta_x, beta_y,
-                                                           [self._source_kwargs(source)])
+                                                           [self.source_light_kwargs(source)])
         if lens_light is not None:
             surface = np.ravel(surface) + lens_light_lib.surface_brightness(
                 self._x.ravel(), self._y.ravel(), lens_light, inst.magnitude_zero_point)
@@ -375,7 +375,7 @@ class LensSimulator:
         image = surface.reshape(n, s, n, s).mean(axis=(1, 3)) * inst.pixel_scale_arcsec**2
         if psf_kernel is not None:
             return psf.convolve(image, psf_kernel)
-        return ndimage.gaussian_filter(image, self._psf_sigma_pix, mode="constant", truncate=4.0)
+        return ndimage.gaussian_filter(image, self.psf_sigma_pix, mode="constant", truncate=4.0)
 
     def _stamp_surface(self, beta_x, beta_y, source: dict[str, float]) -> np.ndarray:
         stamps, _ = self._stamp_catalogue()
@@ -385,7 +385,15 @@ class LensSimulator:
         self._interpol_model.delete_interpol_caches()
         return self._interpol_model.surface_brightness(beta_x, beta_y, [kwargs])
 
-    def _source_kwargs(self, source: dict[str, float]) -> dict[str, float]:
+    @property
+    def source_profile(self):
+        """lenstronomy's SERSIC_ELLIPSE profile object that renders parametric sources."""
+        return self._light_model.func_list[0]
+
+    def source_light_kwargs(self, source: dict[str, float]) -> dict[str, float]:
+        """lenstronomy keyword arguments of the Sersic source `source` (stored parameters),
+        its amplitude from the stored `source_amplitude` or from `source_magnitude` at the
+        instrument's zero point."""
         kwargs = {"R_sersic": source["source_r_sersic"], "n_sersic": source["source_n_sersic"],
                   "e1": source["source_e1"], "e2": source["source_e2"],
                   "center_x": source["source_center_x"], "center_y": source["source_center_y"]}
