@@ -100,7 +100,7 @@ def _graph_flops(layer, num_pix):
     total = 0
     for op in fn.graph.get_operations():
         if op.type in elementwise:
-            total += max(op.outputs[0].shape.num_elements(), 1)
+            total += op.outputs[0].shape.num_elements()
         elif op.type in ("Sum", "Mean"):
             total += op.inputs[0].shape.num_elements()
         elif op.type == "Conv2D":
