@@ -25,6 +25,15 @@ What is approximated, and how well (tests/reference/ check each):
   bisection wherever neighbouring nodes differ by more than `tol` nats within
   `window` nats of the maximum. `Settings.doubled()` halves every step; the run
   command's convergence check compares the two.
+- Where the vortex is long (light axions), ln L in (m, θ) is a comb: each of the
+  vortex's point masses that sits on a sub-pixel ray throws that ray's light away, and
+  the same feature returns when the neighbouring point mass lands on the ray, i.e. when
+  the length changes by s_k / s_(k±1) (~0.009 dex). The truth's tooth and its aliases are
+  1e-4-1e-3 dex by 1e-4-3e-3 rad, ridged and pitted inside, and the grids above can land
+  on an alias or misjudge a tooth's mass. So a scan in m at the best slice's angle finds
+  the teeth, and each one within `tooth_window` nats is integrated in 2-D by stratified
+  random sampling on a box sheared along its ridge: one point per cell gives an unbiased
+  estimate of each row's ∫ L dθ however rough L is inside the cell.
 """
 
 from __future__ import annotations
@@ -71,6 +80,19 @@ class Settings:
     fd_step_arcsec: float = 1e-4
     max_gauss_newton: int = 8
     gauss_newton_gain: float = 0.01  # nats: the source fit stops when a step adds less
+    # The comb. Where the vortex is long (more than `full_scan_nodes` coarse angles),
+    # ln L is a comb in m of teeth ~0.009 dex apart (the next point mass crossing the same
+    # sub-pixel ray: aliases), each tooth 1e-4-1e-3 dex by 1e-4-3e-3 rad, ridged and
+    # pitted inside: far finer than the grids above. A scan in m at the best slice's angle
+    # finds the teeth; each tooth within `tooth_window` nats of the best is integrated in
+    # 2-D by stratified random sampling (one point per cell of a grid sheared along the
+    # tooth's ridge), which averages over pits and cliffs without bias, and its rows
+    # replace the 1-D nodes over its range.
+    comb_span: float = 0.02  # dex scanned either side of the best slice (0: no comb stage)
+    comb_step: float = 2e-5  # dex
+    tooth_window: float = 20.0  # nats
+    tooth_cells: int = 32  # stratified cells per axis of a tooth's box
+    tooth_min_ess: float = 50.0  # below this effective sample size the box is tightened
 
     def doubled(self) -> "Settings":
         return dataclasses.replace(
@@ -79,7 +101,9 @@ class Settings:
             curvature_tol=self.curvature_tol / 4, max_step=self.max_step / 2,
             gauss_hermite_nodes=2 * self.gauss_hermite_nodes - 1,
             max_m_nodes=2 * self.max_m_nodes, max_theta_nodes=2 * self.max_theta_nodes,
-            sweep_every=max(1, self.sweep_every // 2))
+            sweep_every=max(1, self.sweep_every // 2), comb_span=1.5 * self.comb_span,
+            comb_step=self.comb_step / 2, tooth_window=self.tooth_window + 5,
+            tooth_cells=2 * self.tooth_cells)
 
 
 @dataclasses.dataclass
@@ -510,11 +534,156 @@ class _PosteriorRun:
         xs, ys = refine_curvature(m_value, xs, ys, s=s, width=s.min_m_width,
                                   max_nodes=s.max_m_nodes)
         self.stage_evaluations["mass"] = self.evaluations - sum(self.stage_evaluations.values())
+        # 4. The comb's teeth, integrated in 2-D, replace the nodes over their ranges.
+        self.teeth = self.comb()
+        if self.teeth:
+            xs, ys = merge_teeth(xs, ys, self.teeth)
+        self.stage_evaluations["comb"] = self.evaluations - sum(self.stage_evaluations.values())
         _, m_best, theta_best, c_best = self.best
         return Posterior(log10_m=xs, log_density=quadrature.normalize(xs, ys),
                          evaluations=self.evaluations, cpu_seconds=time.process_time() - cpu0,
                          map_log10_m=float(m_best), map_angle=float(theta_best),
                          map_source_center=(float(c_best[0]), float(c_best[1])))
+
+    # -------------------------------------------------------------------- the comb
+
+    def _value(self, m, theta) -> float:
+        lo, hi = self.ref.m_range
+        return self.slice_value(m, theta % math.pi) if lo <= m <= hi else -math.inf
+
+    def comb(self) -> list["Tooth"]:
+        """Teeth of the comb near the best slice, each integrated in 2-D (none where the
+        vortex is too short for a comb)."""
+        s, (lo, hi) = self.s, self.ref.m_range
+        best, m_best, theta, centre = self.best
+        if s.comb_span <= 0 or len(self.ref._theta_grid(m_best)) <= s.full_scan_nodes:
+            return []
+        ms = np.arange(max(lo, m_best - s.comb_span), min(hi, m_best + s.comb_span), s.comb_step)
+        self.centre = centre
+        values = np.array([self.slice_value(m, theta) for m in ms])
+        left = np.concatenate([[-np.inf], values[:-1]])
+        right = np.concatenate([values[1:], [-np.inf]])
+        peak = (values >= left) & (values >= right)
+        candidates = [(best, m_best, theta)] + [(v, m, theta) for m, v in zip(ms[peak], values[peak])]
+        teeth = []
+        for v, m, t in sorted(candidates, key=lambda c: -c[0]):
+            if v < self.best[0] - s.tooth_window or any(tooth.holds(m, t) for tooth in teeth):
+                continue
+            teeth.append(self.tooth(m, t))
+        top = self.best[0]
+        return [tooth for tooth in teeth if tooth.peak > top - s.tooth_window]
+
+    def tooth(self, m0, t0) -> "Tooth":
+        """One tooth, from a point on it: pattern search to its top, a coarse grid grown
+        until its edges are `tooth_window` nats down, then the stratified 2-D integral on
+        a box sheared along the ridge, tightened while few cells carry the weight."""
+        s = self.s
+        self.centre = self.best[3]
+        # Pattern search (steps of comb_step in m, 2.5x that in radians: the ridge's slope).
+        top, step = self._value(m0, t0), s.comb_step
+        while step > s.comb_step / 16:
+            for dm, dt in ((step, 0.0), (-step, 0.0), (0.0, 2.5 * step), (0.0, -2.5 * step)):
+                value = self._value(m0 + dm, t0 + dt)
+                if value > top:
+                    top, m0, t0 = value, m0 + dm, t0 + dt
+                    break
+            else:
+                step /= 2
+        # Coarse grid around the top, grown until its edges are down by the window.
+        half_m, half_t, n = 25 * s.comb_step, 100 * s.comb_step, 15
+        for _ in range(6):
+            gm, gt = m0 + np.linspace(-half_m, half_m, n), t0 + np.linspace(-half_t, half_t, n)
+            grid = np.array([[self._value(a, b) for b in gt] for a in gm])
+            top = max(top, grid.max())
+            high_m = max(grid[0].max(), grid[-1].max()) > top - s.tooth_window
+            high_t = max(grid[:, 0].max(), grid[:, -1].max()) > top - s.tooth_window
+            if not (high_m or high_t):
+                break
+            half_m, half_t = half_m * (2 if high_m else 1), half_t * (2 if high_t else 1)
+        # The ridge's slope from the live cells (tempered weights: pits do not steer it).
+        live = grid > top - s.tooth_window - 5
+        mm, tt = np.meshgrid(gm, gt, indexing="ij")
+        w = np.exp((grid[live] - top) / 5)
+        dm_, dt_ = mm[live] - m0, tt[live] - t0
+        var_m = float(np.sum(w * (dm_ - np.average(dm_, weights=w)) ** 2))
+        cov = float(np.sum(w * (dm_ - np.average(dm_, weights=w)) * (dt_ - np.average(dt_, weights=w))))
+        slope = cov / var_m if var_m > 0 else 0.0
+        phi = dt_ - slope * dm_
+        cm, ct = gm[1] - gm[0], gt[1] - gt[0]
+        box = [dm_.min() - cm, dm_.max() + cm, phi.min() - ct, phi.max() + ct]
+        rng = np.random.default_rng(int(abs(m0) * 1e6) % 2**32)
+        k = s.tooth_cells
+        for _ in range(3):
+            em, ep = np.linspace(box[0], box[1], k + 1), np.linspace(box[2], box[3], k + 1)
+            sm = em[:-1, None] + rng.random((k, k)) * (em[1] - em[0])
+            sp = ep[None, :-1] + rng.random((k, k)) * (ep[1] - ep[0])
+            vals = np.array([[self._value(m0 + a, t0 + b + slope * a) for a, b in zip(ra, rb)]
+                             for ra, rb in zip(sm, sp)])
+            top = max(top, vals.max())
+            w = np.exp(vals - vals.max())
+            ess = w.sum() ** 2 / np.sum(w * w)
+            on = np.argwhere(vals > top - s.tooth_window - 5)
+            if ess >= s.tooth_min_ess or len(on) == 0:
+                break
+            i0, j0 = on.min(0)
+            i1, j1 = on.max(0)
+            tight = [em[max(i0 - 1, 0)], em[min(i1 + 2, k)], ep[max(j0 - 1, 0)], ep[min(j1 + 2, k)]]
+            if tight == box:
+                break
+            box = tight
+        rows = logsumexp(vals, axis=1) + math.log(ep[1] - ep[0]) - math.log(math.pi)
+        return Tooth(m_center=m0, theta_center=t0, slope=slope, box=tuple(box),
+                     rows_m=m0 + 0.5 * (em[:-1] + em[1:]), rows_value=rows, peak=float(top),
+                     ess=float(ess))
+
+
+@dataclasses.dataclass
+class Tooth:
+    """A comb tooth integrated in 2-D: rows of ln ∫ L dθ / π (each the average over its
+    strip of m), on a box (m, φ) around (m_center, theta_center) with
+    θ = theta_center + φ + slope (m - m_center)."""
+
+    m_center: float
+    theta_center: float
+    slope: float
+    box: tuple
+    rows_m: np.ndarray
+    rows_value: np.ndarray
+    peak: float
+    ess: float
+
+    @property
+    def m_range(self):
+        return self.m_center + self.box[0], self.m_center + self.box[1]
+
+    def holds(self, m, theta) -> bool:
+        dm = m - self.m_center
+        phi = (theta - self.theta_center - self.slope * dm + math.pi / 2) % math.pi - math.pi / 2
+        return self.box[0] <= dm <= self.box[1] and self.box[2] <= phi <= self.box[3]
+
+    def log_density(self, m) -> np.ndarray:
+        m = np.asarray(m, np.float64)
+        lo, hi = self.m_range
+        inside = (m >= lo) & (m <= hi)
+        return np.where(inside, np.interp(m, self.rows_m, self.rows_value), -np.inf)
+
+
+def merge_teeth(xs, ys, teeth) -> tuple[np.ndarray, np.ndarray]:
+    """The 1-D nodes with each tooth's range replaced by its rows (teeth that overlap in m
+    add up)."""
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    covered = np.zeros(len(xs), bool)
+    for tooth in teeth:
+        lo, hi = tooth.m_range
+        covered |= (xs >= lo) & (xs <= hi)
+    new = np.unique(np.concatenate([tooth.rows_m for tooth in teeth]))
+    values = logsumexp(np.stack([tooth.log_density(new) for tooth in teeth]), axis=0)
+    x = np.concatenate([xs[~covered], new])
+    y = np.concatenate([ys[~covered], values])
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    keep = np.concatenate([[True], np.diff(x) > 0])
+    return x[keep], y[keep]
 
 
 def refine_curvature(f, x, y, *, s: Settings, width: float, max_nodes: int,
