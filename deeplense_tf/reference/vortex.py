@@ -569,7 +569,11 @@ class _PosteriorRun:
         for v, m, t in sorted(candidates, key=lambda c: -c[0]):
             if v < self.best[0] - s.tooth_window or any(tooth.holds(m, t) for tooth in teeth):
                 continue
-            teeth.append(self.tooth(m, t))
+            tooth = self.tooth(m, t)
+            # A pitted tooth has several maxima along the scan: one climbed to from outside
+            # a tooth's box can still reach that tooth's top; it is the same tooth.
+            if not any(other.holds(tooth.m_center, tooth.theta_center) for other in teeth):
+                teeth.append(tooth)
         top = self.best[0]
         return [tooth for tooth in teeth if tooth.peak > top - s.tooth_window]
 
