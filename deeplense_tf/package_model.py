@@ -115,12 +115,17 @@ def _write_card(meta, flagfile, metrics, output_dir):
         os.replace(tmp, os.path.join(output_dir, f"{name}{suffix}"))
 
 
-def update_shipped(name: str, model_path: str, evaluation: str, *,
+def update_shipped(name: str, model_path: str | None, evaluation: str, *,
                    calibration_report: str | None = None, ood_report: str | None = None,
                    output_dir: str | None = None) -> dict:
     """Replaces a shipped model by `model_path` (the same network, calibrated and/or with
     an OOD score) and its card's numbers by `evaluation` (the test split), keeping what the
-    card says of its training (the run itself is not needed)."""
+    card says of its training (the run itself is not needed).
+
+    Without `model_path` the shipped network stays as it is and only its numbers are
+    requoted (e.g. after a new reference run changed the floor they are compared with):
+    the evaluation must then be of that network, i.e. reproduce its card's test metrics.
+    """
     import keras
 
     import deeplense_tf.models  # noqa: F401
@@ -137,19 +142,43 @@ def update_shipped(name: str, model_path: str, evaluation: str, *,
     if metrics["dataset"].split(":")[0] != meta["dataset"].split(":")[0]:
         raise ValueError(f"{evaluation} evaluates {metrics['dataset']}, {name} was trained on "
                          f"{meta['dataset']}")
-    model = keras.saving.load_model(model_path, compile=False)
     old = pretrained.load(name)
-    if model.count_params() - sum(int(np.prod(w.shape)) for w in _ood_weights(model)) != \
-            old.count_params() - sum(int(np.prod(w.shape)) for w in _ood_weights(old)):
-        raise ValueError(f"{model_path}: not the network shipped as {name} (other parameters)")
-    size = _save_model(model, output_dir, name)
-    meta.update(size_mb=round(size / 2**20, 2), test=_test_section(metrics),
+    if model_path is None:
+        _check_same_evaluation(name, meta, metrics)
+        model, size = old, None
+    else:
+        model = keras.saving.load_model(model_path, compile=False)
+        if model.count_params() - sum(int(np.prod(w.shape)) for w in _ood_weights(model)) != \
+                old.count_params() - sum(int(np.prod(w.shape)) for w in _ood_weights(old)):
+            raise ValueError(f"{model_path}: not the network shipped as {name} (other "
+                             "parameters)")
+        size = _save_model(model, output_dir, name)
+    if size is not None:
+        meta["size_mb"] = round(size / 2**20, 2)
+    meta.update(test=_test_section(metrics),
                 num_test_examples=metrics["num_examples"], outputs=sorted(model.output),
                 **_extras(calibration_report, ood_report), **_joint(metrics))
     meta["targets"] = models.target_names(model)
     _write_card(meta, flagfile, metrics, output_dir)
     pretrained.load.cache_clear()
     return meta
+
+
+def _check_same_evaluation(name: str, meta: dict, metrics: dict) -> None:
+    """An evaluation that requotes a shipped network must reproduce its card's metrics."""
+    for target, entry in meta["test"].items():
+        got = metrics["targets"].get(target, {}).get("model", {})
+        for key in ("mae", "rmse", "count"):
+            want = entry["model"].get(key)
+            if want is None or not np.isclose(got.get(key, np.nan), want, rtol=1e-5, atol=0):
+                raise ValueError(
+                    f"evaluation of {metrics['dataset']}: {target} {key} = {got.get(key)}, "
+                    f"the card of {name} says {want}: not an evaluation of the shipped network "
+                    "on its test split (give --model to ship a new one)")
+        if ("tta" in entry) != ("tta" in metrics["targets"][target]):
+            raise ValueError(f"evaluation of {metrics['dataset']}: the card of {name} quotes "
+                             f"{'a' if 'tta' in entry else 'no'} TTA result; evaluate "
+                             f"{'with' if 'tta' in entry else 'without'} --tta")
 
 
 def _ood_weights(model):
@@ -421,7 +450,9 @@ def define_flags():
     flags.DEFINE_string("workdir", None, "Training run directory, or the members' runs of an "
                         "ensemble, comma-separated (or give --update_shipped).")
     flags.DEFINE_bool("update_shipped", False, "Replace the shipped model --name by --model "
-                      "(calibrated / with OOD outputs), keeping its card's training facts.")
+                      "(calibrated / with OOD outputs), keeping its card's training facts; "
+                      "without --model, requote the shipped network's numbers from "
+                      "--evaluation (which must reproduce its test metrics).")
     flags.DEFINE_string("model", None, "The .keras file to ship (default RUN/model.keras).")
     flags.DEFINE_string("evaluation", None, "Evaluation output directory (test split).",
                         required=True)
@@ -435,8 +466,6 @@ def main(argv):
     del argv
     console.setup()
     if FLAGS.update_shipped:
-        if not FLAGS.model:
-            raise app.UsageError("--update_shipped needs --model")
         meta = update_shipped(FLAGS.name, FLAGS.model, FLAGS.evaluation,
                               calibration_report=FLAGS.calibration_report,
                               ood_report=FLAGS.ood_report, output_dir=FLAGS.output_dir)

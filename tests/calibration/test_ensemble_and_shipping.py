@@ -126,3 +126,33 @@ def test_update_shipped_keeps_training_facts_and_requotes_the_card(tmp_path):
         _tiny(0).save(str(tmp_path / "other.keras"))
         package_model.update_shipped(name, str(tmp_path / "other.keras"), str(tmp_path / "eval"),
                                      output_dir=str(out))
+
+
+def test_update_shipped_without_a_model_requotes_only_an_evaluation_of_that_network(tmp_path):
+    """A new floor for a shipped network: its card's numbers are requoted from an
+    evaluation that reproduces its test metrics; any other evaluation is refused."""
+    name = "hybrid_twin_model_ii_axion"
+    meta = pretrained.info(name)
+    entry = meta["test"]["log10_m_axion"]
+    floor = dict(entry["floor"], floor_mae=0.0631, model_over_floor=entry["floor"]["model_mae"] / 0.0631)
+    metrics = {"dataset": meta["dataset"], "split": "test", "num_examples": 5000, "targets": {
+        "log10_m_axion": {"model": entry["model"], "constant_baseline": entry["constant_baseline"],
+                          "gaussian": entry["gaussian"], "reference": floor, "binned": []}}}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "shipped"
+    out.mkdir()
+    new = package_model.update_shipped(name, None, str(tmp_path / "eval"), output_dir=str(out))
+    assert new["test"]["log10_m_axion"]["floor"]["floor_mae"] == 0.0631
+    assert new["size_mb"] == meta["size_mb"] and new["steps"] == meta["steps"]
+    assert not (out / f"{name}.keras").exists()  # the network itself is untouched
+    assert "0.0631" in (out / f"{name}.md").read_text()
+    metrics["targets"]["log10_m_axion"]["model"] = dict(entry["model"], mae=entry["model"]["mae"] + 1e-3)
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match="not an evaluation of the shipped network"):
+        package_model.update_shipped(name, None, str(tmp_path / "eval"), output_dir=str(out))
+    metrics["targets"]["log10_m_axion"]["model"] = entry["model"]
+    metrics["targets"]["log10_m_axion"]["tta"] = {"model": entry["model"]}
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match="evaluate without --tta"):
+        package_model.update_shipped(name, None, str(tmp_path / "eval"), output_dir=str(out))
