@@ -605,9 +605,14 @@ class _PosteriorRun:
                 break
             half_m, half_t = half_m * (2 if high_m else 1), half_t * (2 if high_t else 1)
         # The ridge's slope from the live cells (tempered weights: pits do not steer it).
-        live = grid > top - s.tooth_window - 5
+        live, level = grid > top - s.tooth_window - 5, top
+        if not live.any():
+            # Every grid slice lies far below the pattern search's top (a source fit started
+            # from another centre can settle lower): the grid's own best is the reference.
+            level = float(grid.max())
+            live = grid > level - s.tooth_window - 5
         mm, tt = np.meshgrid(gm, gt, indexing="ij")
-        w = np.exp((grid[live] - top) / 5)
+        w = np.exp((grid[live] - level) / 5)
         dm_, dt_ = mm[live] - m0, tt[live] - t0
         var_m = float(np.sum(w * (dm_ - np.average(dm_, weights=w)) ** 2))
         cov = float(np.sum(w * (dm_ - np.average(dm_, weights=w)) * (dt_ - np.average(dt_, weights=w))))

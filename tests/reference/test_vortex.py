@@ -193,3 +193,20 @@ def test_comb_stage_finds_the_truths_tooth_where_the_grids_land_on_an_alias(mode
     _, std = posterior.mean_and_std()
     assert abs(posterior.median + 23.6) < 5e-4 and std < 1e-3
     assert 0.025 < posterior.cdf(-23.6)[0] < 0.975
+
+
+def test_tooth_survives_a_top_its_grid_cannot_reproduce(small):
+    """A pattern-search top far above every later slice (a source fit that settled
+    elsewhere) must not leave the tooth's grid without live cells."""
+    m0, t0 = -23.6, 1.0
+    calls = {"n": 0}
+
+    def log_l(m, t):
+        calls["n"] += 1
+        bump = 200.0 if calls["n"] == 1 else 0.0  # only the first slice is that high
+        return bump - 0.5 * (((m - m0) / 3e-4) ** 2 + ((t - t0) / 1e-3) ** 2)
+
+    run = _run_with(small, log_l)
+    run.best = (200.0, m0, t0, run.best[3])
+    tooth = run.tooth(m0, t0)
+    assert np.isfinite(tooth.rows_value).any() and abs(tooth.slope) < 1.0
