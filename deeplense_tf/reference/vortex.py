@@ -80,14 +80,8 @@ class Settings:
     fd_step_arcsec: float = 1e-4
     max_gauss_newton: int = 8
     gauss_newton_gain: float = 0.01  # nats: the source fit stops when a step adds less
-    # The comb. Where the vortex is long (more than `full_scan_nodes` coarse angles),
-    # ln L is a comb in m of teeth ~0.009 dex apart (the next point mass crossing the same
-    # sub-pixel ray: aliases), each tooth 1e-4-1e-3 dex by 1e-4-3e-3 rad, ridged and
-    # pitted inside: far finer than the grids above. A scan in m at the best slice's angle
-    # finds the teeth; each tooth within `tooth_window` nats of the best is integrated in
-    # 2-D by stratified random sampling (one point per cell of a grid sheared along the
-    # tooth's ridge), which averages over pits and cliffs without bias, and its rows
-    # replace the 1-D nodes over its range.
+    # The comb stage (module docstring), where the best slice's vortex is longer than
+    # `full_scan_nodes` coarse angles allow.
     comb_span: float = 0.02  # dex scanned either side of the best slice (0: no comb stage)
     comb_step: float = 2e-5  # dex
     tooth_window: float = 20.0  # nats
@@ -614,8 +608,9 @@ class _PosteriorRun:
         mm, tt = np.meshgrid(gm, gt, indexing="ij")
         w = np.exp((grid[live] - level) / 5)
         dm_, dt_ = mm[live] - m0, tt[live] - t0
-        var_m = float(np.sum(w * (dm_ - np.average(dm_, weights=w)) ** 2))
-        cov = float(np.sum(w * (dm_ - np.average(dm_, weights=w)) * (dt_ - np.average(dt_, weights=w))))
+        mean_m, mean_t = np.average(dm_, weights=w), np.average(dt_, weights=w)
+        var_m = float(np.sum(w * (dm_ - mean_m) ** 2))
+        cov = float(np.sum(w * (dm_ - mean_m) * (dt_ - mean_t)))
         slope = cov / var_m if var_m > 0 else 0.0
         phi = dt_ - slope * dm_
         cm, ct = gm[1] - gm[0], gt[1] - gt[0]

@@ -1,5 +1,6 @@
 """The exact-likelihood reference posterior of the axion mass."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -184,11 +185,11 @@ def test_comb_stage_finds_the_truths_tooth_where_the_grids_land_on_an_alias(mode
     0.0094 dex from the truth (PIT 1.0): the comb's scan finds the truth's tooth."""
     recipe = recipes.get("model_ii_axion")
     vortex_prior = dict(recipe.substructures)["axion"]
-    import dataclasses
-
     fixed = dataclasses.replace(recipe, substructures={
         "axion": dataclasses.replace(vortex_prior, log10_m_axion=priors.Fixed(-23.6))})
     lens = fixed.simulator().simulate(example_rng(11, 0, 6))
+    alone = vortex.VortexReference(recipe, vortex.Settings(comb_span=0)).posterior(lens.image)
+    assert abs(alone.median + 23.6) > 5e-3  # the grids alone settle on the alias
     posterior = model_ii.posterior(lens.image)
     _, std = posterior.mean_and_std()
     assert abs(posterior.median + 23.6) < 5e-4 and std < 1e-3
