@@ -74,6 +74,35 @@ def test_floor_metrics_follow_their_definitions():
     assert sum(b["count"] for b in m["binned"]) == n
 
 
+def test_coverage_is_nominal_by_posterior_median_where_by_truth_it_is_not():
+    # Exact posteriors of a toy with a plateau: below -23 the image pins the mass (sigma
+    # 0.01, the posterior a Gaussian cut at -24 and -23); above, it only says "above
+    # -23", so the posterior is flat on [-23, -22].
+    from scipy.stats import norm
+    rng = np.random.default_rng(1)
+    n = 8000
+    truth = rng.uniform(-24, -22, n)
+    plateau = truth >= -23
+    observed = truth + rng.normal(0, 0.01, n)
+    sharp = ~plateau
+    lo, hi = norm.cdf(-24, observed[sharp], 0.01), norm.cdf(-23, observed[sharp], 0.01)
+    median, pit = np.full(n, -22.5), truth + 23
+    median[sharp] = norm.ppf(lo + (hi - lo) / 2, observed[sharp], 0.01)
+    pit[sharp] = (norm.cdf(truth[sharp], observed[sharp], 0.01) - lo) / (hi - lo)
+    arrays = {"truth": truth, "median": median, "mean": median, "std": np.full(n, 0.1),
+              "pit": pit, "cpu_seconds": np.ones(n), "evaluations": np.ones(n)}
+    m = runner.metrics(arrays)
+    assert m["coverage_68"] == pytest.approx(0.68, abs=0.02)
+    by_truth = {r["low"]: r for r in m["binned"]}
+    assert by_truth[-22.2]["coverage_68"] < 0.3  # a plateau's end: mostly outside
+    assert by_truth[-22.6]["coverage_68"] > 0.95  # its middle: always inside
+    rows = [r for r in m["coverage_by_posterior_median"] if r["count"]]
+    assert sum(r["count"] for r in rows) == n
+    for r in rows:
+        assert abs(r["coverage_68"] - 0.68) < 1.5 * r["binomial_2sigma_68"], r
+        assert abs(r["coverage_95"] - 0.95) < 0.03, r
+
+
 def test_mode_check_counts_missed_modes_and_bounds_the_floor():
     n = 10
     truth = np.linspace(-23.9, -22.1, n)
