@@ -4,6 +4,14 @@ r"""The information floor of a split: exact-likelihood posteriors of its images.
       --dataset=deeplense_lensing/model_ii_axion --split=test --num_images=1000 \
       --output_dir=reference/model_ii_axion_test [--num_workers=2] [--convergence_images=50]
 
+  python -m deeplense_tf.reference --recipe=model_ii_axion --num_images=600 \
+      --prior=-23.2,-22 --seed=11 --output_dir=reference/calibration_plateau
+
+The second form is the posterior's simulation-based calibration check: fresh images of
+the recipe (optionally with the target's prior restricted to a part of its range, for
+the posterior and the simulation alike), whose truths are known, so the intervals'
+coverage and the PIT must be nominal up to binomial noise. It needs no data set.
+
 Runs in chunks on all cores and resumes where it stopped when run again with the same
 flags (finished chunks are kept; a corrupt one is named, never silently dropped).
 Writes OUTPUT_DIR/reference.json (the floor and the posterior's calibration), posteriors.npz
@@ -24,13 +32,13 @@ from absl import app, flags, logging
 
 from deeplense_tf import console
 from deeplense_tf.reference import runner
-from deeplense_tf.reference.vortex import Settings
+from deeplense_tf.reference.vortex import Settings, nuisance_check
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("data_dir", None, "TFDS data directory.", required=True)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory (not with --recipe).")
     flags.DEFINE_string("dataset", "deeplense_lensing/model_ii_axion",
                         "'deeplense_lensing/CONFIG[:VERSION]' of a vortex recipe with fixed "
                         "macro model and source (model_ii_axion, model_iii_axion).")
@@ -40,6 +48,12 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where chunks and results go.", required=True)
     flags.DEFINE_integer("num_workers", None, "Worker processes (default: all cores).")
     flags.DEFINE_integer("chunk_size", 25, "Images per chunk file (the unit of resuming).")
+    flags.DEFINE_string("recipe", None, "Instead of a data set's split: simulate --num_images "
+                        "fresh images of this recipe (model_ii_axion, model_iii_axion).")
+    flags.DEFINE_string("prior", None, "With --recipe: 'LOW,HIGH', the target's uniform prior "
+                        "restricted to this part of the recipe's, for images and posterior.")
+    flags.DEFINE_integer("seed", 1, "With --recipe: the data-set seed whose test stream is "
+                         "drawn (0 repeats the built data set's test images).")
     flags.DEFINE_integer("convergence_images", 0, "Also run the first N images with every "
                          "quadrature step halved, and compare.")
 
@@ -90,6 +104,31 @@ def convergence(base: dict, fine: dict) -> dict:
     return out
 
 
+def simulated(num_workers):
+    """(recipe, images, truths, nuisances, dataset label, split label) for --recipe."""
+    from deeplense_tf.simulation import recipes
+
+    if FLAGS.num_images < 1:
+        raise app.UsageError(f"--num_images={FLAGS.num_images}: with --recipe, the number of "
+                             "images to simulate (at least 1)")
+    try:
+        recipe = recipes.get(FLAGS.recipe)
+    except (KeyError, ValueError) as e:
+        raise app.UsageError(f"--recipe={FLAGS.recipe}: {e}") from None
+    nuisance_check(recipe)  # a recipe the estimator cannot marginalize: refused before simulating
+    label = f"simulated:{recipe.name}"
+    if FLAGS.prior:
+        try:
+            low, high = (float(v) for v in FLAGS.prior.split(","))
+        except ValueError:
+            raise app.UsageError(f"--prior={FLAGS.prior}: expected 'LOW,HIGH', two numbers") from None
+        recipe = runner.restrict_prior(recipe, low, high)
+        label += f" {runner.TARGET}~U({low:g},{high:g})"
+    images, truths, nuisances = runner.simulate_images(recipe, FLAGS.num_images, FLAGS.seed,
+                                                       num_workers)
+    return recipe, images, truths, nuisances, label, f"test stream of seed {FLAGS.seed}"
+
+
 def main(argv):
     del argv
     from deeplense_tf.simulation import parallel, recipes
@@ -97,17 +136,24 @@ def main(argv):
     console.setup(log_file=os.path.join(FLAGS.output_dir, "reference.log"))
 
     num_workers = FLAGS.num_workers or parallel.default_num_workers()
-    images, truths, recipe_name, nuisances = read_split(FLAGS.data_dir, FLAGS.dataset,
-                                                        FLAGS.split, FLAGS.num_images)
-    recipe = recipes.get(recipe_name)
-    summary = runner.run(recipe, images, truths, FLAGS.output_dir, dataset=FLAGS.dataset,
-                         split=FLAGS.split, chunk_size=FLAGS.chunk_size,
+    if FLAGS.recipe:
+        recipe, images, truths, nuisances, dataset, split = simulated(num_workers)
+    else:
+        if not FLAGS.data_dir:
+            raise app.UsageError("--data_dir is required (or --recipe, to simulate images)")
+        if FLAGS.prior:
+            raise app.UsageError("--prior goes with --recipe (a data set's prior is its own)")
+        images, truths, recipe_name, nuisances = read_split(FLAGS.data_dir, FLAGS.dataset,
+                                                            FLAGS.split, FLAGS.num_images)
+        recipe, dataset, split = recipes.get(recipe_name), FLAGS.dataset, FLAGS.split
+    summary = runner.run(recipe, images, truths, FLAGS.output_dir, dataset=dataset,
+                         split=split, chunk_size=FLAGS.chunk_size,
                          num_workers=num_workers, log=logging.info, nuisances=nuisances)
     if FLAGS.convergence_images > 0:
         n = min(FLAGS.convergence_images, len(images))
         fine_dir = os.path.join(FLAGS.output_dir, "doubled")
-        runner.run(recipe, images[:n], truths[:n], fine_dir, dataset=FLAGS.dataset,
-                   split=FLAGS.split, settings=Settings().doubled(),
+        runner.run(recipe, images[:n], truths[:n], fine_dir, dataset=dataset,
+                   split=split, settings=Settings().doubled(),
                    chunk_size=FLAGS.chunk_size, num_workers=num_workers, log=logging.info)
         _, base = runner.load(FLAGS.output_dir)
         _, fine = runner.load(fine_dir)
@@ -116,7 +162,8 @@ def main(argv):
     print(f"floor (MAE of the posterior median) on {summary['count']} images: "
           f"{summary['floor_mae']:.4f} ± {summary['floor_mae_standard_error']:.4f}; RMSE of the "
           f"mean {summary['rmse_of_mean']:.4f}; 68%/95% coverage {summary['coverage_68']:.3f}/"
-          f"{summary['coverage_95']:.3f}; {summary['cpu_seconds_per_image']['median']:.1f} s "
+          f"{summary['coverage_95']:.3f} (PIT uniform: KS p = {summary['pit_ks_pvalue']:.3g}); "
+          f"{summary['cpu_seconds_per_image']['median']:.1f} s "
           "CPU per image (median)")
     if "mode_missed" in summary:
         print(f"mode check: the true (m, angle) slice beats the quadrature's best by more than "

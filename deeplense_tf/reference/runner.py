@@ -25,6 +25,7 @@ import time
 import zipfile
 
 import numpy as np
+from scipy import stats
 
 from deeplense_tf.reference import quadrature
 from deeplense_tf.reference.vortex import Settings, VortexReference
@@ -257,6 +258,17 @@ def mode_gaps(reference: VortexReference, images, truths, nuisances: dict, array
     return gaps
 
 
+def _binned(values, row) -> list[dict]:
+    """Per bin of `values` over BIN_EDGES: its edges, count and, if not empty, row(selection)."""
+    index = np.clip(np.digitize(values, BIN_EDGES) - 1, 0, len(BIN_EDGES) - 2)
+    out = []
+    for b in range(len(BIN_EDGES) - 1):
+        sel = index == b
+        out.append({"low": float(BIN_EDGES[b]), "high": float(BIN_EDGES[b + 1]),
+                    "count": int(sel.sum()), **(row(sel) if sel.any() else {})})
+    return out
+
+
 def metrics(arrays) -> dict:
     """The floor and the posterior's own calibration, over all images of a run."""
     truth = arrays["truth"].astype(np.float64)
@@ -264,36 +276,30 @@ def metrics(arrays) -> dict:
     pit = arrays["pit"]
     central = np.abs(pit - 0.5)  # truth inside the central interval of level p iff <= p / 2
     empirical = [float(np.mean(central <= p / 2)) for p in NOMINAL]
-    index = np.clip(np.digitize(truth, BIN_EDGES) - 1, 0, len(BIN_EDGES) - 2)
     missed = arrays["mode_gap"] > MODE_GAP_NATS if "mode_gap" in arrays else None
-    binned = []
-    for b in range(len(BIN_EDGES) - 1):
-        sel = index == b
-        row = {"low": float(BIN_EDGES[b]), "high": float(BIN_EDGES[b + 1]), "count": int(sel.sum())}
-        if sel.any():
-            row.update(mae=float(np.mean(np.abs(median[sel] - truth[sel]))),
-                       bias=float(np.mean(median[sel] - truth[sel])),
-                       rmse_of_mean=float(np.sqrt(np.mean((mean[sel] - truth[sel]) ** 2))),
-                       coverage_68=float(np.mean(central[sel] <= 0.34)),
-                       mean_posterior_std=float(np.mean(arrays["std"][sel])))
-            if missed is not None:
-                row["mode_missed"] = float(np.mean(missed[sel]))
-        binned.append(row)
+
+    def truth_bin(sel):
+        row = dict(mae=float(np.mean(np.abs(median[sel] - truth[sel]))),
+                   bias=float(np.mean(median[sel] - truth[sel])),
+                   rmse_of_mean=float(np.sqrt(np.mean((mean[sel] - truth[sel]) ** 2))),
+                   coverage_68=float(np.mean(central[sel] <= 0.34)),
+                   mean_posterior_std=float(np.mean(arrays["std"][sel])))
+        if missed is not None:
+            row["mode_missed"] = float(np.mean(missed[sel]))
+        return row
+
+    def median_bin(sel):
+        return dict(coverage_68=float(np.mean(central[sel] <= 0.34)),
+                    coverage_95=float(np.mean(central[sel] <= 0.475)),
+                    binomial_2sigma_68=float(2 * math.sqrt(0.68 * 0.32 / sel.sum())))
+
     # Binned by the truth, coverage need not be nominal even for the exact posterior (a
     # flat posterior's central interval misses truths near its ends, so bins at the ends of
     # a plateau fall short and bins in its middle exceed). Binned by the posterior median,
     # a function of the image alone, it must be: the exact posterior covers at its nominal
     # rate given every image, hence in any set of images chosen by the images alone.
-    by_median = []
-    median_index = np.clip(np.digitize(median, BIN_EDGES) - 1, 0, len(BIN_EDGES) - 2)
-    for b in range(len(BIN_EDGES) - 1):
-        sel = median_index == b
-        row = {"low": float(BIN_EDGES[b]), "high": float(BIN_EDGES[b + 1]), "count": int(sel.sum())}
-        if sel.any():
-            row.update(coverage_68=float(np.mean(central[sel] <= 0.34)),
-                       coverage_95=float(np.mean(central[sel] <= 0.475)),
-                       binomial_2sigma_68=float(2 * math.sqrt(0.68 * 0.32 / sel.sum())))
-        by_median.append(row)
+    binned = _binned(truth, truth_bin)
+    by_median = _binned(median, median_bin)
     n = len(truth)
     cpu = arrays["cpu_seconds"]
     mode = {} if missed is None else {
@@ -319,6 +325,10 @@ def metrics(arrays) -> dict:
         "coverage_68": float(np.mean(central <= 0.34)),
         "coverage_95": float(np.mean(central <= 0.475)),
         "coverage_binomial_2sigma_68": float(2 * math.sqrt(0.68 * 0.32 / n)),
+        # The exact posterior's PIT (its CDF at the truth) is uniform over images drawn
+        # from the prior: the counts in ten equal bins, and the KS test's p-value.
+        "pit_histogram": np.histogram(pit, bins=10, range=(0.0, 1.0))[0].tolist(),
+        "pit_ks_pvalue": float(stats.kstest(pit, "uniform").pvalue),
         "calibration": {"nominal": NOMINAL.tolist(), "empirical": empirical},
         "binned": binned,
         "coverage_by_posterior_median": by_median,
@@ -401,6 +411,8 @@ def write_report(summary: dict, arrays: dict, output_dir: str) -> None:
         f"| RMSE of the posterior mean | {summary['rmse_of_mean']:.4f} |",
         f"| coverage of the central 68% / 95% intervals | {summary['coverage_68']:.3f} / "
         f"{summary['coverage_95']:.3f} |",
+        f"| PIT counts in ten equal bins (uniform for the exact posterior); KS p-value | "
+        f"{' '.join(str(c) for c in summary['pit_histogram'])}; {summary['pit_ks_pvalue']:.3g} |",
         f"| CPU seconds per image (median / mean / 90%) | "
         f"{summary['cpu_seconds_per_image']['median']:.1f} / "
         f"{summary['cpu_seconds_per_image']['mean']:.1f} / "
@@ -435,3 +447,43 @@ def recipe_of_config(config_name: str) -> str:
 def quantiles_of(arrays, i, q):
     nodes, logs = posterior_of(arrays, i)
     return quadrature.quantile(nodes, logs, q)
+
+
+# ------------------------------------------------- simulation-based calibration
+
+def restrict_prior(recipe, low: float, high: float):
+    """`recipe` with its target drawn from U(low, high), a part of its own uniform prior.
+
+    The reference takes its prior from the recipe, so images simulated from the
+    restricted recipe and their posteriors under it make an exact calibration test of
+    that part of the range (a plateau, the light end) for a fraction of the cost of the
+    whole prior."""
+    from deeplense_tf.simulation import priors
+    from deeplense_tf.reference.vortex import nuisance_check
+
+    full = nuisance_check(recipe)["m_range"]
+    if not (math.isfinite(low) and math.isfinite(high) and full[0] <= low < high <= full[1]):
+        raise ReferenceError(f"prior [{low}, {high}]: expected low < high inside the prior of "
+                             f"{TARGET} of recipe {recipe.name!r}, [{full[0]}, {full[1]}]")
+    (name, vortex), = recipe.substructures.items()
+    return dataclasses.replace(recipe, substructures={
+        name: dataclasses.replace(vortex, log10_m_axion=priors.Uniform(low, high))})
+
+
+def simulate_images(recipe, count: int, seed: int, num_workers: int = 1):
+    """(images, truths, nuisances) of `count` fresh images of `recipe`: its simulator's
+    test-split stream of data-set seed `seed` (seed 0 repeats the shipped test split's
+    images, in index order; any other seed gives images no model was selected on)."""
+    from deeplense_tf.simulation import parallel
+
+    if count < 1:
+        raise ReferenceError(f"count: need at least one image to simulate, got {count}")
+    images, truths = [], []
+    nuisances = {k: [] for k in NUISANCES}
+    for _, lens in parallel.simulate_split(recipe, seed, 2, count, num_workers=num_workers):
+        images.append(lens.image)
+        truths.append(lens.params[TARGET])
+        for k in NUISANCES:
+            nuisances[k].append(lens.params[k])
+    return (np.stack(images).astype(np.float32), np.asarray(truths, np.float32),
+            {k: np.asarray(v, np.float64) for k, v in nuisances.items()})

@@ -72,6 +72,9 @@ def test_floor_metrics_follow_their_definitions():
     assert m["coverage_95"] == pytest.approx(0.95, abs=0.015)
     np.testing.assert_allclose(m["calibration"]["empirical"], m["calibration"]["nominal"], atol=0.03)
     assert sum(b["count"] for b in m["binned"]) == n
+    assert sum(m["pit_histogram"]) == n and m["pit_ks_pvalue"] > 0.01
+    narrow = runner.metrics(dict(arrays, pit=0.5 + 0.8 * (arrays["pit"] - 0.5)))  # too wide
+    assert narrow["pit_ks_pvalue"] < 1e-6 and narrow["pit_histogram"][0] == 0
 
 
 def test_coverage_is_nominal_by_posterior_median_where_by_truth_it_is_not():
@@ -176,3 +179,24 @@ def test_evaluate_sets_a_model_beside_the_floor(model_ii_tiny, tmp_path):
         evaluate.evaluate(model, model_ii_tiny, dataset, reference=ref_dir)
     with pytest.raises(ValueError, match="not log10_m_axion on .* 'validation'"):
         evaluate.evaluate(model, model_ii_tiny, dataset, split="validation", reference=ref_dir)
+
+
+def test_simulated_calibration_images_and_restricted_prior(small, tmp_path):
+    """Fresh images with their truths and nuisances; a restricted prior is the posterior's
+    prior too; priors outside the recipe's are refused."""
+    narrow = runner.restrict_prior(small, -23.1, -22.9)
+    images, truths, nuisances = runner.simulate_images(narrow, 3, seed=4)
+    assert images.shape == (3, 24, 24) and images.dtype == np.float32
+    assert np.all((truths >= -23.1) & (truths <= -22.9))
+    assert set(nuisances) == set(runner.NUISANCES) and len(nuisances["vortex_angle"]) == 3
+    again, truths_again, _ = runner.simulate_images(narrow, 3, seed=4)
+    np.testing.assert_array_equal(again, images)  # reproducible: resuming re-simulates them
+    assert not np.array_equal(runner.simulate_images(narrow, 1, seed=5)[0][0], images[0])
+    summary = runner.run(narrow, images, truths, str(tmp_path / "sbc"), dataset="simulated",
+                         split="seed 4", chunk_size=3, nuisances=nuisances)
+    assert summary["count"] == 3
+    post = np.load(tmp_path / "sbc" / "posteriors.npz")
+    assert post["nodes"][0][0] == pytest.approx(-23.1) and np.nanmax(post["nodes"]) == pytest.approx(-22.9)
+    for low, high in ((-22.9, -23.1), (-25.0, -23.0), (-23.0, float("nan"))):
+        with pytest.raises(runner.ReferenceError, match="expected low < high inside"):
+            runner.restrict_prior(small, low, high)
