@@ -100,6 +100,30 @@ def test_intervals_cover_the_truth_at_one_mass_over_noise_draws(small):
     assert stats.kstest(pits, "uniform").pvalue > 0.01
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("truth", [-22.6, -23.0])
+def test_quadrature_equals_a_dense_grid_in_mass_and_angle(small, truth):
+    """Against no adaptivity at all: ln ∫ L dθ on a uniform 48-angle grid at 61 masses
+    across the posterior's window (a broad plateau posterior, and a 0.02 dex one)."""
+    from scipy.special import logsumexp
+
+    from deeplense_tf.reference import quadrature
+
+    reference = vortex.VortexReference(small)
+    lens = small_recipe(log10_m_axion=priors.Fixed(truth)).simulator().simulate(
+        example_rng(3, 0, 0))
+    posterior = reference.posterior(lens.image)
+    inside = posterior.log10_m[posterior.log_density > posterior.log_density.max() - 15]
+    masses = np.linspace(max(inside.min() - 0.01, -24.0), min(inside.max() + 0.01, -22.0), 61)
+    angles = np.arange(48) * math.pi / 48
+    centre = np.array(posterior.map_source_center)
+    grid = np.array([[reference.source_marginal(lens.image, reference.rays(m, t), centre)[0]
+                      for t in angles] for m in masses])
+    dense = quadrature.quantile(masses, logsumexp(grid, axis=1), [0.16, 0.5, 0.84])
+    _, std = posterior.mean_and_std()
+    np.testing.assert_allclose(posterior.quantile([0.16, 0.5, 0.84]), dense, atol=0.05 * std + 2e-4)
+
+
 def test_doubling_the_quadrature_barely_moves_the_posterior(small):
     lens = small.simulator().simulate(example_rng(2, 0, 3))
     base = vortex.VortexReference(small).posterior(lens.image)
