@@ -49,7 +49,8 @@ def collinear_point_mass_deflection(x, y, x0, y0, angle, length, n, theta_e2):
     sum_k 1/(u - t_k) = (psi(w + 1) - psi(w - n + 1)) / h with w = (u + L/2) / h,
     because psi(v + 1) - psi(v) = 1/v (psi: the digamma function). More than `_NEAR`
     spacings away from the segment the sum equals its midpoint Euler-Maclaurin series
-    (an integral plus two end corrections) to better than 1e-7, at a third of the cost.
+    (an integral plus two end corrections) to better than 1e-6 of each ray's deflection
+    (5e-7 at worst for a 6" segment of 100 points), at a third of the cost.
     """
     if n <= 8:  # Few points: summing them directly is cheapest.
         t = np.linspace(-length / 2, length / 2, n)
