@@ -36,7 +36,9 @@ NUISANCES = ("vortex_angle", "source_center_x", "source_center_y")
 # The quadrature "missed the mode" of an image when the true (m, angle) slice beats the
 # best slice it found by more than this (nats).
 MODE_GAP_NATS = 5.0
-MAX_NODES = 512  # stored posterior nodes per image (padded with NaN)
+# Stored posterior nodes per image (padded with NaN; compressed on disk). Chunks written
+# with fewer are padded on reading. The doubled quadrature with several teeth needs > 512.
+MAX_NODES = 2048
 NOMINAL = np.round(np.linspace(0.05, 0.95, 19), 3)  # central-interval levels, as `evaluate`
 BIN_EDGES = np.linspace(-24.0, -22.0, 11)  # the prior range in ten bins
 # Per-image arrays of a chunk and of posteriors.npz.
@@ -101,7 +103,7 @@ def _chunk_path(output_dir, start, stop):
 def _write_npz(path, arrays):
     """Written under a temporary name and renamed: a file under `path` is always whole."""
     tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
 
 
@@ -120,6 +122,11 @@ def read_chunk(path, start, stop, truths) -> dict[str, np.ndarray]:
         raise ReferenceError(
             f"{path}: holds images {arrays['index'][:3]}... with other truths than the split's "
             f"images {start}..{stop - 1}; it belongs to another run. Delete it to recompute.")
+    for key in ("nodes", "log_density"):
+        width = arrays[key].shape[1]
+        if width < MAX_NODES:
+            arrays[key] = np.pad(arrays[key], ((0, 0), (0, MAX_NODES - width)),
+                                 constant_values=np.nan)
     return arrays
 
 

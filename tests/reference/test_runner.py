@@ -200,3 +200,19 @@ def test_simulated_calibration_images_and_restricted_prior(small, tmp_path):
     for low, high in ((-22.9, -23.1), (-25.0, -23.0), (-23.0, float("nan"))):
         with pytest.raises(runner.ReferenceError, match="expected low < high inside"):
             runner.restrict_prior(small, low, high)
+
+
+def test_chunks_stored_with_fewer_node_columns_are_padded(small, tmp_path):
+    """A chunk written when fewer posterior nodes were stored per image still joins a run."""
+    images, truths = _images(small, 1)
+    out = tmp_path / "ref"
+    runner.run(small, images, truths, str(out), dataset="d", split="test", chunk_size=1)
+    path = out / "chunks" / "chunk_000000_000001.npz"
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["nodes"], arrays["log_density"] = arrays["nodes"][:, :512], arrays["log_density"][:, :512]
+    np.savez(path, **arrays)
+    chunk = runner.read_chunk(str(path), 0, 1, truths)
+    assert chunk["nodes"].shape == (1, runner.MAX_NODES) and np.isnan(chunk["nodes"][0, 512:]).all()
+    again = runner.run(small, images, truths, str(out), dataset="d", split="test", chunk_size=1)
+    assert again["count"] == 1
