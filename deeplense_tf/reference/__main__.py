@@ -141,8 +141,9 @@ def main(argv):
     else:
         if not FLAGS.data_dir:
             raise app.UsageError("--data_dir is required (or --recipe, to simulate images)")
-        if FLAGS.prior:
-            raise app.UsageError("--prior goes with --recipe (a data set's prior is its own)")
+        if FLAGS.prior or FLAGS["seed"].present:
+            raise app.UsageError("--prior and --seed go with --recipe (a data set's images and "
+                                 "prior are its own)")
         images, truths, recipe_name, nuisances = read_split(FLAGS.data_dir, FLAGS.dataset,
                                                             FLAGS.split, FLAGS.num_images)
         recipe, dataset, split = recipes.get(recipe_name), FLAGS.dataset, FLAGS.split

@@ -332,6 +332,7 @@ def metrics(arrays) -> dict:
         "coverage_68": float(np.mean(central <= 0.34)),
         "coverage_95": float(np.mean(central <= 0.475)),
         "coverage_binomial_2sigma_68": float(2 * math.sqrt(0.68 * 0.32 / n)),
+        "coverage_binomial_2sigma_95": float(2 * math.sqrt(0.95 * 0.05 / n)),
         # The exact posterior's PIT (its CDF at the truth) is uniform over images drawn
         # from the prior: the counts in ten equal bins, and the KS test's p-value.
         "pit_histogram": np.histogram(pit, bins=10, range=(0.0, 1.0))[0].tolist(),
@@ -479,8 +480,9 @@ def restrict_prior(recipe, low: float, high: float):
 
 def simulate_images(recipe, count: int, seed: int, num_workers: int = 1):
     """(images, truths, nuisances) of `count` fresh images of `recipe`: its simulator's
-    test-split stream of data-set seed `seed` (seed 0 repeats the shipped test split's
-    images, in index order; any other seed gives images no model was selected on)."""
+    test-split stream of data-set seed `seed` (seed 0 repeats the test images of a data
+    set built with seed 0, in index order; any other seed gives images no model was
+    selected on)."""
     from deeplense_tf.simulation import parallel
 
     if count < 1:
@@ -492,5 +494,5 @@ def simulate_images(recipe, count: int, seed: int, num_workers: int = 1):
         truths.append(lens.params[TARGET])
         for k in NUISANCES:
             nuisances[k].append(lens.params[k])
-    return (np.stack(images).astype(np.float32), np.asarray(truths, np.float32),
+    return (np.stack(images), np.asarray(truths, np.float32),
             {k: np.asarray(v, np.float64) for k, v in nuisances.items()})

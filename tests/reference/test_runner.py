@@ -70,11 +70,13 @@ def test_floor_metrics_follow_their_definitions():
     assert m["floor_mae"] == pytest.approx(np.mean(np.abs(median - truth)))
     assert m["coverage_68"] == pytest.approx(0.68, abs=0.03)
     assert m["coverage_95"] == pytest.approx(0.95, abs=0.015)
+    assert abs(m["coverage_95"] - 0.95) < 1.5 * m["coverage_binomial_2sigma_95"]
     np.testing.assert_allclose(m["calibration"]["empirical"], m["calibration"]["nominal"], atol=0.03)
     assert sum(b["count"] for b in m["binned"]) == n
     assert sum(m["pit_histogram"]) == n and m["pit_ks_pvalue"] > 0.01
-    narrow = runner.metrics(dict(arrays, pit=0.5 + 0.8 * (arrays["pit"] - 0.5)))  # too wide
-    assert narrow["pit_ks_pvalue"] < 1e-6 and narrow["pit_histogram"][0] == 0
+    # PITs pulled toward 0.5: a posterior too wide for its truths.
+    too_wide = runner.metrics(dict(arrays, pit=0.5 + 0.8 * (arrays["pit"] - 0.5)))
+    assert too_wide["pit_ks_pvalue"] < 1e-6 and too_wide["pit_histogram"][0] == 0
 
 
 def test_coverage_is_nominal_by_posterior_median_where_by_truth_it_is_not():
@@ -191,6 +193,7 @@ def test_simulated_calibration_images_and_restricted_prior(small, tmp_path):
     assert set(nuisances) == set(runner.NUISANCES) and len(nuisances["vortex_angle"]) == 3
     again, truths_again, _ = runner.simulate_images(narrow, 3, seed=4)
     np.testing.assert_array_equal(again, images)  # reproducible: resuming re-simulates them
+    np.testing.assert_array_equal(truths_again, truths)
     assert not np.array_equal(runner.simulate_images(narrow, 1, seed=5)[0][0], images[0])
     summary = runner.run(narrow, images, truths, str(tmp_path / "sbc"), dataset="simulated",
                          split="seed 4", chunk_size=3, nuisances=nuisances)
