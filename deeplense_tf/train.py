@@ -77,7 +77,9 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_enum("init_scope", _DEFAULTS.init_scope, list(transfer.INIT_SCOPES),
                       "With --init_from: 'all' copies every weight (same targets); 'backbone' "
                       "copies the normalization and backbone and starts a new head for this "
-                      "run's --targets.", **fv)
+                      "run's --targets; 'features' carries the backbone to another instrument "
+                      "or image size (position embeddings resampled, the data's own "
+                      "normalization) with a new head.", **fv)
     flags.DEFINE_enum("adapt", _DEFAULTS.adapt, list(adaptation.METHODS),
                       "Unsupervised domain adaptation to the images of --adapt_dataset: 'dann' "
                       "(domain-adversarial) or 'coral' (feature statistics).", **fv)

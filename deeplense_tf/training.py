@@ -418,13 +418,16 @@ def _statistics(pipeline, split, workdir, is_chief, parent=None, scope="all"):
     A fine-tuned model keeps its parent's normalization and target scaling: built with the
     new data's own statistics it would no longer compute the parent's function. Started
     from the parent's backbone only (`scope="backbone"`), it keeps the normalization its
-    backbone expects and scales its new targets by the data's own statistics."""
+    backbone expects and scales its new targets by the data's own statistics; carried to
+    another instrument or image size (`scope="features"`), it uses the data's own for both."""
     path = os.path.join(workdir, "statistics.json")
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
         return input_pipeline.Statistics(**stored)
-    if parent is not None and scope == "backbone":
+    if parent is not None and scope == "features":
+        stats = pipeline.statistics(split)
+    elif parent is not None and scope == "backbone":
         stats = transfer.parent_statistics(parent, pipeline.num_examples(split),
                                            own=pipeline.statistics(split))
     elif parent is not None:

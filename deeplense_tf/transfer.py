@@ -23,18 +23,26 @@ normalization and backbone (what it learned to see in lensing images of that ins
 with a new head and the new targets' scaling: e.g. a subhalo-abundance model started
 from the shipped axion model of the same instrument. Image shape and instrument must
 still match.
+
+`--init_scope=features` carries the backbone to another instrument or image size (an
+HST-like 150 px model started from a Euclid 64 px one): the convolution and transformer
+weights are copied, the learned position embeddings are resampled (bicubic) from the
+parent's token grid to the new one, as a ViT is fine-tuned at a new resolution
+(Dosovitskiy et al. 2021, section 3.2), and the pixel normalization and target scaling are
+the new data's own (the parent's describe another noise level and pixel scale).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 from deeplense_tf.pretrained import file_sha256
 
 FREEZE = ("none", "backbone")
-INIT_SCOPES = ("all", "backbone")
+INIT_SCOPES = ("all", "backbone", "features")
 # What `init_scope="backbone"` leaves to the new run: the head and the target scaling.
 _HEAD_LAYERS = ("head_dense", "regression_output")
 # Layers of the parent that describe its own domain, not the network's knowledge.
@@ -115,13 +123,21 @@ def check_compatible(parent: Parent, image_shape, dataset: str, targets,
     """Refuses a parent that cannot start this run, naming what differs (with
     scope="backbone" the targets may differ: the head is new)."""
     image_shape = tuple(int(d) for d in image_shape)
-    if parent.image_shape != image_shape:
+    if scope == "features":
+        if parent.image_shape[-1:] != image_shape[-1:]:
+            raise ValueError(f"{flag}={parent.reference} with --init_scope=features: the model "
+                             f"takes {parent.image_shape[-1]}-channel images, the data set "
+                             f"{dataset} has {image_shape[-1]} channels")
+    elif parent.image_shape != image_shape:
         raise ValueError(f"{flag}={parent.reference}: the model takes images of shape "
-                         f"{parent.image_shape}, the data set {dataset} has {image_shape}")
+                         f"{parent.image_shape}, the data set {dataset} has {image_shape} "
+                         "(--init_scope=features carries its backbone to another image size)")
     instrument = instrument_of_dataset(dataset)
-    if parent.instrument and instrument and parent.instrument != instrument:
+    if (scope != "features" and parent.instrument and instrument
+            and parent.instrument != instrument):
         raise ValueError(f"{flag}={parent.reference}: the model was trained on {parent.instrument!r} "
-                         f"images, the data set {dataset} holds {instrument!r} images")
+                         f"images, the data set {dataset} holds {instrument!r} images "
+                         "(--init_scope=features carries its backbone to another instrument)")
     from deeplense_tf.models import twin
 
     recipe = twin.macro_twin_recipe(parent.model)
@@ -152,7 +168,9 @@ def parent_statistics(parent: Parent, num_examples: int, own=None):
 
 def transfer_weights(parent: Parent, model, flag: str = "--init_from", scope: str = "all") -> int:
     """Copies every weight of `model` from the parent's weight of the same path and shape
-    (scope="backbone": all but the head's, which keep their initialization: the prior).
+    (scope="backbone": all but the head's, which keep their initialization: the prior;
+    scope="features": as "backbone", with position embeddings resampled to this model's
+    token grid).
 
     Returns how many were copied. Refuses if any weight of `model` has no counterpart,
     i.e. the new run's --model/--variant/--model_overrides build another network.
@@ -168,7 +186,9 @@ def transfer_weights(parent: Parent, model, flag: str = "--init_from", scope: st
         match = source.get(weight.path)
         if match is None:
             missing.append(weight.path)
-        elif tuple(match.shape) != tuple(weight.shape):
+        elif tuple(match.shape) != tuple(weight.shape) and not (
+                scope == "features" and _is_position_embedding(weight.path)
+                and match.shape[-1] == weight.shape[-1]):
             mismatched.append(f"{weight.path} {tuple(weight.shape)} vs parent {tuple(match.shape)}")
     if missing or mismatched:
         details = (f"{len(missing)} weights missing in the parent (e.g. {missing[:3]})" if missing
@@ -178,8 +198,40 @@ def transfer_weights(parent: Parent, model, flag: str = "--init_from", scope: st
                          f"--variant/--model_overrides is not the parent's: {details}. Train with "
                          "the parent's flagfile (its model card lists it) plus --init_from")
     for weight in wanted:
-        weight.assign(source[weight.path])
+        value = source[weight.path]
+        if tuple(value.shape) != tuple(weight.shape):
+            value = resample_position_embedding(value, int(weight.shape[0]), flag=flag,
+                                                reference=parent.reference)
+        weight.assign(value)
     return len(wanted)
+
+
+def _is_position_embedding(path: str) -> bool:
+    return path.split("/")[-2:-1] == ["position_embedding"]
+
+
+def resample_position_embedding(embedding, tokens: int, flag: str = "--init_from",
+                                reference: str = ""):
+    """(T, width) learned embeddings of a square sqrt(T) x sqrt(T) token grid -> (tokens,
+    width) on a sqrt(tokens) grid, by bicubic interpolation of each channel over the grid
+    (align-corners-free, as `keras.ops.image.resize`)."""
+    import keras
+    import numpy as np
+
+    embedding = np.asarray(embedding, dtype=np.float32)
+    if embedding.ndim != 2:
+        raise ValueError(f"{flag}={reference}: expected (tokens, width) position embeddings, "
+                         f"got shape {embedding.shape}")
+    side_from, side_to = math.isqrt(embedding.shape[0]), math.isqrt(tokens)
+    if side_from ** 2 != embedding.shape[0] or side_to ** 2 != tokens:
+        raise ValueError(f"{flag}={reference}: position embeddings of {embedding.shape[0]} "
+                         f"tokens cannot be resampled to {tokens}: both grids must be square")
+    if side_from == side_to:
+        return embedding
+    grid = embedding.reshape(1, side_from, side_from, embedding.shape[1])
+    resized = keras.ops.image.resize(grid, (side_to, side_to), interpolation="bicubic",
+                                     antialias=side_to < side_from)
+    return np.asarray(keras.ops.convert_to_numpy(resized), np.float32).reshape(tokens, -1)
 
 
 def freeze(model, what: str) -> int:

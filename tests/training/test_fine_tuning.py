@@ -127,3 +127,82 @@ def test_new_targets_start_from_the_parents_backbone_with_a_new_head(tiny_data, 
     np.testing.assert_allclose(np.asarray(child.get_layer("head_dense").kernel), 0.0, atol=1e-6)
     with pytest.raises(ValueError, match=r"--init_scope=backbone needs --init_from"):
         _config(tiny_data, init_scope="backbone").validate()
+
+
+def _hybrid(image_shape, **kwargs):
+    from deeplense_tf import models
+
+    base = dict(image_shape=image_shape, targets=["theta_e"], variant="test",
+                normalization="asinh", asinh_scale=1.0, target_mean=[1.0], target_std=[0.2])
+    base.update(kwargs)
+    return models.build_regressor("hybrid", **base)
+
+
+def test_position_embeddings_are_resampled_smoothly():
+    """A linear ramp over a 4x4 grid stays (nearly) the same ramp on an 8x8 one, and a grid
+    of the same size comes back unchanged."""
+    side = 4
+    y, x = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    ramp = np.stack([x.ravel(), y.ravel()], -1).astype(np.float32) / (side - 1)
+    out = transfer.resample_position_embedding(ramp, 64)
+    assert out.shape == (64, 2)
+    grid = out.reshape(8, 8, 2)
+    assert np.all(np.diff(grid[..., 0], axis=1) >= -1e-6)   # increasing in x, flat in y
+    np.testing.assert_allclose(np.diff(grid[..., 0], axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(grid[..., 0].mean(), ramp[:, 0].mean(), atol=0.02)
+    np.testing.assert_array_equal(transfer.resample_position_embedding(ramp, 16), ramp)
+    with pytest.raises(ValueError, match=r"12 tokens cannot be resampled to 64: both grids"):
+        transfer.resample_position_embedding(ramp[:12], 64)
+
+
+def test_features_scope_carries_the_backbone_to_another_image_size(tmp_path):
+    """--init_scope=features: every backbone weight of a 64 px parent copied into a 32 px
+    model, the position embeddings resampled from its 16x16 token grid to 8x8; the head
+    is new. Without the scope the size is refused, naming the scope."""
+    parent_model = _hybrid((64, 64, 1))
+    for w in parent_model.weights:
+        w.assign(np.random.default_rng(len(w.path)).normal(0, 0.1, w.shape).astype("float32"))
+    parent_model.save(tmp_path / "parent.keras")
+    parent = transfer.describe_parent(str(tmp_path / "parent.keras"))
+    with pytest.raises(ValueError, match=r"\(64, 64, 1\), the data set D has \(32, 32, 1\) "
+                                         r"\(--init_scope=features carries"):
+        transfer.check_compatible(parent, (32, 32, 1), "D", ["theta_e"], scope="backbone")
+    transfer.check_compatible(parent, (32, 32, 1), "D", ["log10_sigma_sub"], scope="features")
+    with pytest.raises(ValueError, match=r"takes 1-channel images, the data set D has 2"):
+        transfer.check_compatible(parent, (32, 32, 2), "D", ["theta_e"], scope="features")
+    child = _hybrid((32, 32, 1), targets=["log10_sigma_sub"], target_mean=[-1.5])
+    with pytest.raises(ValueError, match=r"position_embedding/embedding \(64, 16\) vs parent "
+                                         r"\(256, 16\)"):
+        transfer.transfer_weights(parent, child, scope="backbone")
+    head_before = np.asarray(child.get_layer("head_dense").kernel).copy()
+    copied = transfer.transfer_weights(parent, child, scope="features")
+    source = {w.path: np.asarray(w) for w in parent.model.weights}
+    backbone = child.get_layer("backbone").weights
+    assert copied == len(backbone) > 10
+    for w in backbone:
+        if w.path.endswith("position_embedding/embedding"):
+            assert w.shape == (64, 16)
+            np.testing.assert_allclose(
+                np.asarray(w), transfer.resample_position_embedding(source[w.path], 64))
+        else:
+            np.testing.assert_array_equal(np.asarray(w), source[w.path])
+    np.testing.assert_array_equal(np.asarray(child.get_layer("head_dense").kernel), head_before)
+
+
+def test_features_scope_trains_with_the_datas_own_normalization(tiny_data, tmp_path):
+    """Carried to another domain, the run normalizes by its own data's statistics, not the
+    parent's (here a parent built for pixels 100x brighter)."""
+    from deeplense_tf import input_pipeline
+
+    parent = _hybrid((64, 64, 1), targets=["log10_m_axion"], target_mean=[-23.0],
+                     asinh_scale=100.0)
+    parent.save(tmp_path / "parent.keras")
+    config = _config(tiny_data, model="hybrid", init_from=str(tmp_path / "parent.keras"),
+                     init_scope="features", targets=["theta_e"], train_steps=1,
+                     normalization="asinh")
+    training.train_and_evaluate(config, str(tmp_path / "run"))
+    child = transfer.describe_parent(str(tmp_path / "run" / "model.keras")).model
+    own = input_pipeline.Pipeline(tiny_data, DATASET, ["theta_e"]).statistics()
+    scale = child.get_layer("image_normalization").get_config()["asinh_scale"]
+    np.testing.assert_allclose(scale, own.pixel_noise, rtol=1e-6)
+    assert "--init_scope=features" in (tmp_path / "run" / "flags.cfg").read_text()
