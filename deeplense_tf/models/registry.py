@@ -39,7 +39,7 @@ def _vit(width, depth, num_heads, mlp_ratio, patch_size="auto"):
 
 def _hybrid(conv_width, conv_blocks, width, depth, num_heads, mlp_ratio):
     return {"stem": "auto", "conv_width": conv_width, "conv_blocks": conv_blocks,
-            **_vit(width, depth, num_heads, mlp_ratio, patch_size=1)}
+            "input_binning": 1, **_vit(width, depth, num_heads, mlp_ratio, patch_size=1)}
 
 
 _REGISTRY = {

@@ -66,6 +66,28 @@ def test_auto_stem_keeps_resolution_below_128_px():
     assert feature_shape("hybrid", (64, 64, 1), variant="test") == (256, 16)             # 16x16
 
 
+def test_input_binning_reads_the_image_at_a_coarser_pixel_scale():
+    """A 2x2-binned 150 px image gives the token grid of a 75 px one (the auto stem
+    deciding on the binned size), the first layer averages 2x2 blocks exactly, and a
+    size the binning does not divide is refused."""
+    import numpy as np
+
+    assert feature_shape("hybrid", (150, 150, 1), variant="test", input_binning=2) == \
+        feature_shape("hybrid", (75, 75, 1), variant="test") == (361, 16)   # s1: 75 -> 19x19
+    backbone = models.build_backbone("hybrid", image_shape=(8, 8, 1), variant="test",
+                                     input_binning=2)
+    image = np.arange(64, dtype="float32").reshape(1, 8, 8, 1)
+    binned = keras.Model(backbone.input, backbone.get_layer("input_binning").output)(image)
+    np.testing.assert_allclose(np.asarray(binned)[0, :, :, 0],
+                               image[0, :, :, 0].reshape(4, 2, 4, 2).mean(axis=(1, 3)))
+    with pytest.raises(ValueError, match=r"input_binning=4 must divide the 150x150 image"):
+        models.build_backbone("hybrid", image_shape=(150, 150, 1), variant="test",
+                              input_binning=4)
+    with pytest.raises(ValueError, match=r"input_binning must be a positive integer; got 0"):
+        models.build_backbone("hybrid", image_shape=(64, 64, 1), variant="test",
+                              input_binning=0)
+
+
 def test_auto_patch_size():
     assert feature_shape("vit", (64, 64, 1), variant="test") == (256, 16)     # patch 4
     assert feature_shape("vit", (150, 150, 1), variant="test") == (225, 16)   # patch 10
