@@ -121,6 +121,25 @@ def test_information_grows_with_the_half_mode_mass():
     assert sum(b["count"] for b in bins) == 24
 
 
+def test_binned_delta_chi2_keeps_smooth_differences_and_never_gains():
+    """Binning loses nothing on a difference that is constant within blocks (in units of
+    a uniform variance), loses everything on one that alternates pixel by pixel, and is
+    never above the unbinned value (Cauchy-Schwarz)."""
+    variance = np.full((8, 8), 2.0)
+    smooth = np.kron(np.arange(16.0).reshape(4, 4), np.ones((2, 2)))
+    full = float((smooth ** 2 / variance).sum())
+    assert information.binned_delta_chi2(smooth, variance, 1) == pytest.approx(full)
+    assert information.binned_delta_chi2(smooth, variance, 2) == pytest.approx(full)
+    checker = np.indices((8, 8)).sum(axis=0) % 2 * 2.0 - 1.0
+    assert information.binned_delta_chi2(checker, variance, 2) == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        diff, var = rng.normal(size=(8, 8)), rng.uniform(0.5, 2.0, (8, 8))
+        assert information.binned_delta_chi2(diff, var, 2) <= (diff ** 2 / var).sum() + 1e-12
+    with pytest.raises(ValueError, match="dividing the 8x8 image, got 3"):
+        information.binned_delta_chi2(smooth, variance, 3)
+
+
 def test_wdm_bad_input_names_what_was_expected():
     with pytest.raises(ValueError, match="non-empty \\(low < high\\)"):
         substructure.WDMSubhalos(log10_m_hm=Uniform(10.0, 7.0))
@@ -132,6 +151,8 @@ def test_wdm_bad_input_names_what_was_expected():
         information.delta_chi2("euclid_classes", 2)
     with pytest.raises(ValueError, match="is not a parameter"):
         information.delta_chi2("euclid_wdm", 2, target="log10_m_axion")
+    with pytest.raises(ValueError, match="dividing the recipe's 64 px, got 3"):
+        information.delta_chi2("euclid_wdm", 2, binning=3)
 
 
 # ------------------------------------------------------------------------------ SIDM
