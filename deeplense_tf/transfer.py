@@ -121,7 +121,8 @@ def describe_parent(reference: str, flag: str = "--init_from") -> Parent:
 def check_compatible(parent: Parent, image_shape, dataset: str, targets,
                      flag: str = "--init_from", scope: str = "all") -> None:
     """Refuses a parent that cannot start this run, naming what differs (with
-    scope="backbone" the targets may differ: the head is new)."""
+    scope="backbone" the targets may differ: the head is new; with scope="features" the
+    image size and instrument may differ too, not the number of channels)."""
     image_shape = tuple(int(d) for d in image_shape)
     if scope == "features":
         if parent.image_shape[-1:] != image_shape[-1:]:
