@@ -192,6 +192,13 @@ def _build() -> dict[str, Recipe]:
                     ("log10_sigma_sub", "shmf_slope"),
                     "As hst_cdm (truncated-NFW subhalos, 150 px of 0.04\") with the mass-function "
                     "slope drawn too, U(-2.2, -1.6): targets log10 Sigma_sub and the slope."),
+        _randomized("hst_cdm_population_point_mass", "hst_150",
+                    {"cdm": substructure.CDMSubhalos(profile="point_mass",
+                                                     slope=Uniform(-2.2, -1.6))},
+                    ("log10_sigma_sub", "shmf_slope"),
+                    "As hst_cdm_population with the subhalos as point masses: the same draws "
+                    "with the stronger signal of euclid_cdm_population, to train a backbone at "
+                    "this pixel scale before the truncated-NFW set."),
         _randomized("euclid_wdm", "euclid", {"wdm": substructure.WDMSubhalos()},
                     ("log10_m_hm",),
                     "Euclid VIS 64 px, randomized macro model and source, warm-dark-matter "

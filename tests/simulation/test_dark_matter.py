@@ -253,3 +253,18 @@ def test_axion_twin_is_the_compact_limit_and_reproduces_physics_md():
     d = np.array([r["delta_chi2"] for r in rows])
     assert np.median(d[x < -23.5]) > 3e3
     assert np.median(d[x > -22.4]) < 5
+
+
+def test_hst_point_mass_population_draws_the_truncated_nfw_sets_lenses():
+    # The point-mass HST set exists to train a backbone for hst_cdm_population: example i
+    # must be the same lens, source and subhalo draw, only the subhalo profile differs.
+    point, tnfw = (recipes.get(n) for n in ("hst_cdm_population_point_mass", "hst_cdm_population"))
+    assert point.targets == tnfw.targets == ("log10_sigma_sub", "shmf_slope")
+    assert point.substructures["cdm"].profile == "point_mass"
+    assert tnfw.substructures["cdm"].profile == "tnfw"
+    a, b = (LensSimulator(r.instrument, r.deflector, r.source, r.substructures, noise=False)
+            .simulate(example_rng(3, 0, 2)) for r in (point, tnfw))
+    assert a.image.shape == b.image.shape == (150, 150)
+    assert a.params == b.params
+    assert a.params["n_subhalos"] > 0
+    assert not np.allclose(a.image, b.image, rtol=1e-4, atol=1e-6)
