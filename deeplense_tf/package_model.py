@@ -50,7 +50,11 @@ def _read_json(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: train and evaluate the run first")
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: expected one JSON object (the report file a command "
+                             f"writes, e.g. calibrate's --output report), got: {e}") from None
 
 
 def _test_section(metrics: dict) -> dict:
@@ -142,6 +146,7 @@ def update_shipped(name: str, model_path: str | None, evaluation: str, *,
     if metrics["dataset"].split(":")[0] != meta["dataset"].split(":")[0]:
         raise ValueError(f"{evaluation} evaluates {metrics['dataset']}, {name} was trained on "
                          f"{meta['dataset']}")
+    extras = _extras(calibration_report, ood_report)  # a bad report fails before any file is written
     old = pretrained.load(name)
     if model_path is None:
         _check_same_evaluation(name, meta, metrics)
@@ -157,7 +162,7 @@ def update_shipped(name: str, model_path: str | None, evaluation: str, *,
         meta["size_mb"] = round(size / 2**20, 2)
     meta.update(test=_test_section(metrics),
                 num_test_examples=metrics["num_examples"], outputs=sorted(model.output),
-                **_extras(calibration_report, ood_report), **_joint(metrics))
+                **extras, **_joint(metrics))
     meta["targets"] = models.target_names(model)
     _write_card(meta, flagfile, metrics, output_dir)
     pretrained.load.cache_clear()
@@ -258,6 +263,7 @@ def package(workdir, evaluation: str, name: str, output_dir: str | None = None, 
     data_path = input_pipeline.dataset_path(config["data_dir"], config["dataset"])
     cost = models.count_params_and_flops(model)
     flagfile, differences = _members_flags([lines for _, _, lines in runs])
+    extras = _extras(calibration_report, ood_report)  # a bad report fails before any file is written
 
     size = _save_model(model, output_dir, name)
 
@@ -286,7 +292,7 @@ def package(workdir, evaluation: str, name: str, output_dir: str | None = None, 
         **_joint(metrics),
         "num_test_examples": metrics["num_examples"],
         "outputs": sorted(model.output),
-        **_extras(calibration_report, ood_report),
+        **extras,
     }
     if len(runs) > 1:
         meta["ensemble_members"] = [

@@ -74,6 +74,14 @@ def test_package_a_run_into_a_card(tiny_data, tmp_path):
     evaluate.run(str(tmp_path / "run" / "model.keras"), tiny_data, dataset, str(tmp_path / "ev"))
     out = tmp_path / "shipped"
     out.mkdir()
+    # A report that is not one JSON object (calibrate's stdout with its log lines after
+    # it) is refused before anything is shipped.
+    bad = tmp_path / "calibration.txt"
+    bad.write_text('{"split": "validation"}\nReport: elsewhere.json\n')
+    with pytest.raises(ValueError, match="calibration.txt: expected one JSON object"):
+        package_model.package(str(tmp_path / "run"), str(tmp_path / "ev"), "tiny", str(out),
+                              calibration_report=str(bad))
+    assert list(out.iterdir()) == []
     meta = package_model.package(str(tmp_path / "run"), str(tmp_path / "ev"), "tiny", str(out))
     assert (out / "tiny.keras").stat().st_size < 20 * 2**20
     assert json.loads((out / "tiny.json").read_text())["instrument"] == "euclid"
