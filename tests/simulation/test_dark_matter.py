@@ -268,3 +268,35 @@ def test_hst_point_mass_population_draws_the_truncated_nfw_sets_lenses():
     assert a.params == b.params
     assert a.params["n_subhalos"] > 0
     assert not np.allclose(a.image, b.image, rtol=1e-4, atol=1e-6)
+
+
+def test_refit_absorbs_a_change_of_the_smooth_model_and_not_subhalos():
+    recipe = recipes.get("euclid_cdm_point_mass")
+    (name, model), = recipe.substructures.items()
+    twin = LensSimulator(recipe.instrument, recipe.deflector, recipe.source,
+                         {name: information.twin_of(model)}, noise=False)
+    lens = twin.simulate(example_rng(4, 2, 0))
+    p = dict(lens.params)
+    # The same smooth model with a 1% larger Einstein radius and a shifted source: a large
+    # Delta chi^2 against the twin, nothing once the lens and source are refitted.
+    q = dict(p, theta_e=p["theta_e"] * 1.01, source_center_x=p["source_center_x"] + 0.01)
+    x, y = twin.ray_grid
+    ax, ay = twin.macro_deflection({k: q[k] for k in recipe.deflector.sample(np.random.default_rng(0))})
+    image = twin.render(x - ax, y - ay, {k: q[k] for k in recipe.source.sample(np.random.default_rng(0))})
+    variance = twin.noise_variance(lens.image.astype(np.float64), p["exposure_time"])
+    plain = float(((image - lens.image) ** 2 / variance).sum())
+    chi2, fitted = information.refit_macro_model(twin, image, p, variance)
+    assert plain > 100
+    assert chi2 < 1e-6 * plain
+    assert fitted["theta_e"] == pytest.approx(q["theta_e"], rel=1e-6)
+    # Subhalos are not a smooth model: part of their Delta chi^2 survives the refit.
+    rows = information.delta_chi2("euclid_cdm_point_mass", 2, seed=1, refit=True,
+                                  refit_max_nfev=30)
+    for row in rows:
+        assert 0 < row["delta_chi2_refit"] <= row["delta_chi2"]
+    assert max(r["delta_chi2_refit"] for r in rows) > 1
+
+
+def test_refit_refuses_recipes_it_does_not_model():
+    with pytest.raises(ValueError, match="refit: recipe 'euclid_axion_lens_light' has realism"):
+        information.delta_chi2("euclid_axion_lens_light", 1, refit=True)
