@@ -126,7 +126,7 @@ def refit_macro_model(sim: LensSimulator, image: np.ndarray, params: dict[str, f
     from scipy import optimize
 
     macro_names = list(sim.deflector.sample(np.random.default_rng(0)))
-    source_names = list(sim.source.sample(np.random.default_rng(0)))
+    source_names = list(sim.source.param_names())
     names = macro_names + source_names
     x0 = np.array([params[n] for n in names], dtype=np.float64)
     low = np.array([_REFIT_BOUNDS.get(n, (-np.inf, np.inf))[0] for n in names])
@@ -215,6 +215,20 @@ def binned(rows, target: str, num_bins: int = 7) -> list[dict[str, float]]:
     return out
 
 
+def _print_bins(bins) -> None:
+    for b in bins:
+        print(f"[{b['low']:6.2f}, {b['high']:6.2f}) {b['count']:6d} {b['median']:10.3g} "
+              f"{b['q16']:10.3g}-{b['q84']:<10.3g} {b['fraction_above_1']:5.2f} "
+              f"{b['fraction_above_100']:5.2f}")
+
+
+def _kept(rows, key: str) -> dict[str, float]:
+    """Median and 16/84% of row[key] / delta_chi2 over the rows with a signal."""
+    ratio = np.array([r[key] / r["delta_chi2"] for r in rows if r["delta_chi2"] > 0])
+    return {"median": float(np.median(ratio)), "q16": float(np.percentile(ratio, 16)),
+            "q84": float(np.percentile(ratio, 84)), "images": int(ratio.size)}
+
+
 def main(argv=None):
     import argparse
 
@@ -231,7 +245,8 @@ def main(argv=None):
                         help="also report Delta chi^2 against the smooth model refitted to "
                              "each image (lens and source parameters, least squares)")
     parser.add_argument("--refit_max_nfev", type=int, default=40,
-                        help="model evaluations per refit (each Jacobian costs one per parameter)")
+                        help="model evaluations per refit (scipy's max_nfev: the finite-"
+                             "difference Jacobian's evaluations are not counted)")
     args = parser.parse_args(argv)
     recipe = recipes_lib.get(args.recipe)
     target = args.target or recipe.targets[0]
@@ -242,35 +257,21 @@ def main(argv=None):
           f" with the effect off), {len(rows)} noiseless images, "
           f"{np.median([r['cpu_s'] for r in rows]) * 1e3:.0f} ms CPU per pair")
     print(f"{target + ' bin':>18} {'images':>6} {'median':>10} {'16-84%':>21} {'>1':>5} {'>100':>5}")
-    for b in bins:
-        print(f"[{b['low']:6.2f}, {b['high']:6.2f}) {b['count']:6d} {b['median']:10.3g} "
-              f"{b['q16']:10.3g}-{b['q84']:<10.3g} {b['fraction_above_1']:5.2f} "
-              f"{b['fraction_above_100']:5.2f}")
+    _print_bins(bins)
     kept = None
     if args.binning > 1:
-        ratio = np.array([r["delta_chi2_binned"] / r["delta_chi2"] for r in rows
-                          if r["delta_chi2"] > 0])
-        kept = {"median": float(np.median(ratio)), "q16": float(np.percentile(ratio, 16)),
-                "q84": float(np.percentile(ratio, 84)), "images": int(ratio.size)}
+        kept = _kept(rows, "delta_chi2_binned")
         print(f"{args.binning}x{args.binning} binned: Delta chi^2 kept, median "
               f"{kept['median']:.3f} (16-84% {kept['q16']:.3f}-{kept['q84']:.3f}) over "
               f"{kept['images']} images")
     refit = None
     if args.refit:
-        kept_refit = np.array([r["delta_chi2_refit"] / r["delta_chi2"] for r in rows
-                               if r["delta_chi2"] > 0])
-        refit = {"bins": binned([dict(r, delta_chi2=r["delta_chi2_refit"]) for r in rows],
-                                target, args.num_bins),
-                 "kept_median": float(np.median(kept_refit)),
-                 "kept_q16": float(np.percentile(kept_refit, 16)),
-                 "kept_q84": float(np.percentile(kept_refit, 84))}
+        refit = dict(_kept(rows, "delta_chi2_refit"), bins=binned(
+            [dict(r, delta_chi2=r["delta_chi2_refit"]) for r in rows], target, args.num_bins))
         print("after refitting the smooth lens and source to each image:")
-        for b in refit["bins"]:
-            print(f"[{b['low']:6.2f}, {b['high']:6.2f}) {b['count']:6d} {b['median']:10.3g} "
-                  f"{b['q16']:10.3g}-{b['q84']:<10.3g} {b['fraction_above_1']:5.2f} "
-                  f"{b['fraction_above_100']:5.2f}")
-        print(f"refit: Delta chi^2 kept, median {refit['kept_median']:.3f} (16-84% "
-              f"{refit['kept_q16']:.3f}-{refit['kept_q84']:.3f}) over {kept_refit.size} images")
+        _print_bins(refit["bins"])
+        print(f"refit: Delta chi^2 kept, median {refit['median']:.3f} (16-84% "
+              f"{refit['q16']:.3f}-{refit['q84']:.3f}) over {refit['images']} images")
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"recipe": args.recipe, "target": target, "seed": args.seed,
