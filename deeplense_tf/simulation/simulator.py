@@ -115,6 +115,9 @@ class SimulatedLens:
     substructure: str
     params: dict[str, float]
     noiseless: np.ndarray | None = None
+    # The substructure's (alpha_x, alpha_y) on the simulator's ray grid, arcsec (only
+    # with `simulate(..., keep_deflection=True)`).
+    substructure_deflection: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def param_names(deflector: MainDeflector, source: SersicSource, substructures,
@@ -275,9 +278,11 @@ class LensSimulator:
         return self._stamps, self._stamp_pools
 
     def simulate(self, rng: np.random.Generator, substructure: str | None = None,
-                 keep_noiseless: bool = False, split: str | None = None) -> SimulatedLens:
+                 keep_noiseless: bool = False, split: str | None = None,
+                 keep_deflection: bool = False) -> SimulatedLens:
         """One lens. `substructure` defaults to the first class of the recipe. `split`
-        (real sources only) picks the stamps; default: the split of an `example_rng`."""
+        (real sources only) picks the stamps; default: the split of an `example_rng`.
+        `keep_deflection` also returns the substructure's deflection on `ray_grid`."""
         name = substructure or self.class_names[0]
         if name not in self.substructures:
             raise ValueError(f"substructure: {name!r} is not in this recipe; expected one of "
@@ -307,7 +312,8 @@ class LensSimulator:
         if self.noise:
             image = self.add_noise(image, exposure, rng)
         return SimulatedLens(image.astype(np.float32), name, params,
-                             noiseless.astype(np.float32) if keep_noiseless else None)
+                             noiseless.astype(np.float32) if keep_noiseless else None,
+                             (sx, sy) if keep_deflection else None)
 
     def _draw_realism(self, rng, params, source, split):
         """Draws the realism parameters into `params` (and shifts `source`'s magnitude);

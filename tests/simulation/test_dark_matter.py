@@ -297,6 +297,30 @@ def test_refit_absorbs_a_change_of_the_smooth_model_and_not_subhalos():
     assert max(r["delta_chi2_refit"] for r in rows) > 1
 
 
+def test_refit_holds_the_twins_substructure_fixed():
+    # WDM's twin is the full CDM population: refitted with those subhalos held fixed, the
+    # twin's own image is fitted exactly at the true values; the smooth model alone (the
+    # CDM twin's case) cannot fit it, so without them the refit would count the CDM
+    # subhalos as WDM's signal.
+    recipe = recipes.get("euclid_wdm_point_mass")
+    (name, model), = recipe.substructures.items()
+    twin = LensSimulator(recipe.instrument, recipe.deflector, recipe.source,
+                         {name: information.twin_of(model)}, noise=False)
+    lens = twin.simulate(example_rng(5, 2, 0), keep_deflection=True)
+    assert lens.params["n_subhalos"] > 0
+    image = lens.image.astype(np.float64)
+    variance = twin.noise_variance(image, lens.params["exposure_time"])
+    held, _ = information.refit_macro_model(twin, image, lens.params, variance, max_nfev=5,
+                                            fixed_deflection=lens.substructure_deflection)
+    smooth, _ = information.refit_macro_model(twin, image, lens.params, variance, max_nfev=5)
+    assert held < 1e-6
+    assert smooth > 1
+    rows = information.delta_chi2("euclid_wdm_point_mass", 2, seed=1, refit=True,
+                                  refit_max_nfev=20)
+    for row in rows:
+        assert 0 <= row["delta_chi2_refit"] <= row["delta_chi2"]
+
+
 def test_refit_refuses_recipes_it_does_not_model():
     with pytest.raises(ValueError, match="refit: recipe 'euclid_axion_lens_light' has realism"):
         information.delta_chi2("euclid_axion_lens_light", 1, refit=True)
