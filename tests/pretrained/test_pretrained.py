@@ -36,8 +36,11 @@ def test_shipped_model_predicts_fresh_simulations_in_physical_units(name):
     assert np.all(out[target + "_std"] > 0)
     mae = np.mean(np.abs(out[target] - truth))
     constant = np.mean(np.abs(meta["test"][target]["constant_baseline"]["value"] - truth))
-    # Far better than the constant, on images from a seed no data set used.
-    assert mae < 0.6 * constant, (mae, constant)
+    # Far better than the constant, on images from a seed no data set used, and as good
+    # relative to it as on the card's test split (within 0.15 of its MAE ratio).
+    card_ratio = (meta["test"][target]["model"]["mae"]
+                  / meta["test"][target]["constant_baseline"]["mae"])
+    assert mae < min(0.8, card_ratio + 0.15) * constant, (mae, constant, card_ratio)
     # The same images with a channel axis, and one image alone, give the same answer.
     again = pretrained.predict(name, images[..., None])
     np.testing.assert_allclose(again[target], out[target], rtol=1e-5, atol=1e-5)
