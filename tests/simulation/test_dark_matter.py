@@ -315,6 +315,8 @@ def test_refit_holds_the_twins_substructure_fixed():
     smooth, _ = information.refit_macro_model(twin, image, lens.params, variance, max_nfev=5)
     assert held < 1e-6
     assert smooth > 1
+    # Through delta_chi2 (no clipping there): the refit starts at the twin, so it never
+    # ends above the plain Delta chi^2; it would for WDM if the subhalos were dropped.
     rows = information.delta_chi2("euclid_wdm_point_mass", 2, seed=1, refit=True,
                                   refit_max_nfev=20)
     for row in rows:
